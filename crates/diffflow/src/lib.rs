@@ -1,0 +1,14 @@
+//! Diffusion Normalizing Flow (DiffFlow; Zhang & Chen, NeurIPS 2021).
+//!
+//! Two neural SDEs, a learnable forward drift `f` and a score `s`, trained jointly by
+//! minimising the KL divergence between forward and backward trajectory distributions
+//! (eq. 15) with a memory-saving stochastic adjoint (Algorithm 2). See `DESIGN.md`.
+
+pub mod adjoint;
+pub mod error;
+pub mod flow;
+pub mod nn;
+pub mod rng;
+pub mod sde;
+
+pub use error::{Error, Result};
