@@ -1,3 +1,5 @@
-fn main() {
-    diffflow::hello();
-}
+//! `diffflow`: train, sample and evaluate Diffusion Normalizing Flow models.
+
+mod plot;
+
+fn main() {}

@@ -5,10 +5,14 @@
 //! (eq. 15) with a memory-saving stochastic adjoint (Algorithm 2). See `DESIGN.md`.
 
 pub mod adjoint;
+pub mod checkpoint;
+pub mod data;
 pub mod error;
 pub mod flow;
 pub mod nn;
+pub mod optim;
 pub mod rng;
+pub mod sample;
 pub mod sde;
 
 pub use error::{Error, Result};

@@ -1,0 +1,1 @@
+//! Pictures: PNG scatter plots, 2-D histograms and line charts.

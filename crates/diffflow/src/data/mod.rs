@@ -1,0 +1,1 @@
+//! Data: built-in 2-D sets, image densities, standardisation.
