@@ -295,3 +295,28 @@ pub fn load_net(
     }
     Ok(())
 }
+
+/// Sets only the trainable parameters of `net` from tensors named `prefix.` + name.
+pub fn load_net_vars(
+    net: &dyn crate::nn::TimeNet,
+    prefix: &str,
+    file: &TensorFile,
+    path: &Path,
+) -> Result<()> {
+    for (name, var) in net.vars() {
+        let key = format!("{prefix}.{name}");
+        let t = file.get(&key, path)?;
+        if t.dims() != var.dims() {
+            return Err(Error::checkpoint(
+                path,
+                format!(
+                    "tensor '{key}' has shape {:?}, the configured network needs {:?}",
+                    t.dims(),
+                    var.dims()
+                ),
+            ));
+        }
+        var.set(&t.to_dtype(var.dtype())?)?;
+    }
+    Ok(())
+}

@@ -6,6 +6,7 @@
 
 pub mod adjoint;
 pub mod checkpoint;
+pub mod config;
 pub mod data;
 pub mod error;
 pub mod flow;
@@ -14,5 +15,6 @@ pub mod optim;
 pub mod rng;
 pub mod sample;
 pub mod sde;
+pub mod train;
 
 pub use error::{Error, Result};

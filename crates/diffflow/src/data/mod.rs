@@ -1,1 +1,17 @@
 //! Data: built-in 2-D sets, image densities, standardisation.
+//!
+//! - [`toy`]: the 2-D toy sets of the paper and of FFJORD ([`toy_2d`], [`TOY_DATASETS`]),
+//!   all rescaled like the authors' code so that `max |x| = 0.85`;
+//! - [`image2d`]: densities from the DiffFlow images (tree, Sierpinski carpets), embedded
+//!   in the library;
+//! - [`standardize`]: per-column `(x - mean) / std` with its log-Jacobian ([`Standardizer`]).
+//!
+//! Every random draw comes from the [`crate::rng::Rng`] passed in, so a data set is a
+//! deterministic function of its seed.
+
+pub mod image2d;
+pub mod standardize;
+pub mod toy;
+
+pub use standardize::Standardizer;
+pub use toy::{toy_2d, TOY_DATASETS};

@@ -38,7 +38,13 @@ impl Standardizer {
             let dx = x - mean[i % d];
             var[i % d] += dx * dx;
         }
-        let std: Vec<f64> = var.iter().map(|v| (v / n as f64).sqrt()).collect();
+        let mut std: Vec<f64> = var.iter().map(|v| (v / n as f64).sqrt()).collect();
+        // A constant column can get a rounding-size std (its mean is inexact): make it 0.
+        for (col, s) in std.iter_mut().enumerate() {
+            if data.iter().skip(col).step_by(d).all(|&x| x == data[col]) {
+                *s = 0.0;
+            }
+        }
         let s = Standardizer { mean, std };
         s.validate()?;
         Ok(s)
@@ -106,7 +112,9 @@ impl Standardizer {
 /// Non-empty, `d > 0`, length a multiple of `d`.
 fn check_shape(data: &[f64], d: usize) -> Result<()> {
     if d == 0 {
-        return Err(Error::data("standardisation: dimension d must be at least 1"));
+        return Err(Error::data(
+            "standardisation: dimension d must be at least 1",
+        ));
     }
     if data.is_empty() {
         return Err(Error::data("standardisation: no data (0 rows)"));
@@ -165,7 +173,9 @@ mod tests {
             std: vec![2.0],
         };
         let x = 4.0;
-        let log_px = -0.5 * ((x - 3.0) / 2.0f64).powi(2) - 0.5 * (2.0 * std::f64::consts::PI).ln() - 2.0f64.ln();
+        let log_px = -0.5 * ((x - 3.0) / 2.0f64).powi(2)
+            - 0.5 * (2.0 * std::f64::consts::PI).ln()
+            - 2.0f64.ln();
         let y = (x - 3.0) / 2.0;
         let log_py = -0.5 * y * y - 0.5 * (2.0 * std::f64::consts::PI).ln();
         assert!((log_px - (log_py + one.log_abs_det())).abs() < 1e-14);
@@ -182,7 +192,10 @@ mod tests {
         let inf = msg(Standardizer::fit(&[f64::INFINITY, 2.0, 3.0, 4.0], 2));
         assert!(inf.contains("row 0, column 0"), "{inf}");
         let flat = msg(Standardizer::fit(&[1.0, 0.1, 2.0, 0.1, 3.0, 0.1], 2));
-        assert!(flat.contains("column 1 has zero standard deviation"), "{flat}");
+        assert!(
+            flat.contains("column 1 has zero standard deviation"),
+            "{flat}"
+        );
     }
 
     #[test]
