@@ -46,10 +46,12 @@ const RUN_FLAGS: [&str; 21] = [
 
 #[derive(Args)]
 #[command(allow_negative_numbers = true)]
-#[command(after_help = "Ctrl-C (or SIGTERM) stops after the current iteration, writes a \
+#[command(
+    after_help = "Ctrl-C (or SIGTERM) stops after the current iteration, writes a \
 checkpoint and exits with code 130; `diffflow train --resume DIR` continues the run exactly \
 (same metrics lines and final checkpoint bytes as an uninterrupted run). A second Ctrl-C \
-quits at once (the last checkpoint is intact: checkpoints are replaced atomically).")]
+quits at once (the last checkpoint is intact: checkpoints are replaced atomically)."
+)]
 pub struct TrainArgs {
     /// Continue the run in DIR from its last checkpoint (weights, EMA, Adam moments, step,
     /// RNG state); its data are regenerated from its configuration. Only --iters (to train
@@ -288,17 +290,17 @@ pub fn run(args: TrainArgs) -> Result<()> {
             return Err(e.into());
         }
         Err(e @ diffflow::Error::NonFinite { .. }) => {
-            let hint = match diffflow::train::load_run(&out, None) {
-                Ok(run) => format!(
-                    "the last good checkpoint (iteration {}) is in {}; continue from it with \
-                     a smaller learning rate: diffflow train --resume {} --on-nan restart",
+            return Err(match diffflow::train::load_run(&out, None) {
+                Ok(run) => anyhow::anyhow!(
+                    "{e}; the last good checkpoint (iteration {}) is in {}: continue from it \
+                     with a smaller learning rate by `diffflow train --resume {} --on-nan \
+                     restart` (see --nan-lr-factor)",
                     run.step,
                     out.display(),
                     out.display()
                 ),
-                Err(_) => String::new(),
-            };
-            return Err(anyhow::Error::from(e).context(hint));
+                Err(_) => e.into(),
+            });
         }
         other => other?,
     }

@@ -385,13 +385,23 @@ mod tests {
     fn same_content(a: &TensorFile, b: &TensorFile) -> bool {
         let bits = |t: &Tensor| -> Vec<u64> {
             let v = t.to_dtype(DType::F64).unwrap().flatten_all().unwrap();
-            v.to_vec1::<f64>().unwrap().iter().map(|x| x.to_bits()).collect()
+            v.to_vec1::<f64>()
+                .unwrap()
+                .iter()
+                .map(|x| x.to_bits())
+                .collect()
         };
         a.metadata == b.metadata
             && a.tensors.len() == b.tensors.len()
-            && a.tensors.iter().zip(&b.tensors).all(|((na, ta), (nb, tb))| {
-                na == nb && ta.dtype() == tb.dtype() && ta.dims() == tb.dims() && bits(ta) == bits(tb)
-            })
+            && a.tensors
+                .iter()
+                .zip(&b.tensors)
+                .all(|((na, ta), (nb, tb))| {
+                    na == nb
+                        && ta.dtype() == tb.dtype()
+                        && ta.dims() == tb.dims()
+                        && bits(ta) == bits(tb)
+                })
     }
 
     #[test]
@@ -414,7 +424,10 @@ mod tests {
                 }
             }
         }
-        assert!(errors > bytes.len() * 6, "{errors} errors, {harmless} harmless");
+        assert!(
+            errors > bytes.len() * 6,
+            "{errors} errors, {harmless} harmless"
+        );
         // Every flip in the tensor payload is caught by the checksum.
         let header = 8 + u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
         for i in header * 8..bytes.len() * 8 {
