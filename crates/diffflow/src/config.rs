@@ -482,4 +482,91 @@ mod tests {
             .replace("steps = \"10,20@500\"", "steps = \"0\"");
         assert!(RunConfig::from_toml(&text).is_err());
     }
+
+    #[test]
+    fn hostile_config_files_are_clear_errors() {
+        let good = RunConfig::preset(Preset::Quick, "rings").to_toml().unwrap();
+        let line_of = |key: &str| 1 + good[..good.find(key).unwrap()].matches('\n').count();
+        let cases: Vec<(String, String)> = vec![
+            // Unknown key: named, with its line.
+            (
+                good.replace("[train]\n", "[train]\nmomentum = 0.9\n"),
+                format!("line {}: unknown field `momentum`", line_of("[train]") + 1),
+            ),
+            (
+                good.replace("[sample]", "[extra]\nx = 1\n\n[sample]"),
+                "unknown field `extra`".into(),
+            ),
+            // Wrong types and syntax.
+            (
+                good.replace("batch = 1000", "batch = \"big\""),
+                format!("line {}: invalid type", line_of("batch = 1000")),
+            ),
+            (
+                good.replace("batch = 1000", "batch = -3"),
+                "invalid value: integer `-3`".into(),
+            ),
+            (good.replace("batch = 1000", "batch = "), "line".into()),
+            (good.replace("[train]", "[train"), "line".into()),
+            ("".into(), "missing field `data`".into()),
+            // Out-of-range values.
+            (
+                good.replace("lr = 0.01", "lr = nan"),
+                "train.lr must be > 0, got NaN".into(),
+            ),
+            (
+                good.replace("lr = 0.01", "lr = inf"),
+                "train.lr must be > 0, got inf".into(),
+            ),
+            (
+                good.replace("train_size = 100000", "train_size = 1000000000000000"),
+                "data.train_size must be <= 100000000".into(),
+            ),
+            (
+                good.replace("width = 96", "width = 4000000000"),
+                "model.net.width must be <= 65536".into(),
+            ),
+            (
+                good.replace("batch = 1000", "batch = 0"),
+                "train.batch must be >= 1".into(),
+            ),
+            (
+                good.replace("steps = \"10,20@500\"", "steps = \"1000000\""),
+                "largest N) must be <= 100000".into(),
+            ),
+            (
+                good.replace("ema_decay = 0.999", "ema_decay = 1.5"),
+                "train.ema_decay must be in [0, 1)".into(),
+            ),
+            (
+                good.replace("lambda = 1.0", "lambda = 2.0"),
+                "sample.lambda must be in [0, 1]".into(),
+            ),
+            (
+                good.replace("lr_factor = 0.5", "lr_factor = 1.5"),
+                "train.on_nan.lr_factor must be in (0, 1)".into(),
+            ),
+            (
+                good.replace("action = \"stop\"", "action = \"explode\""),
+                "unknown variant `explode`".into(),
+            ),
+        ];
+        for (text, expect) in cases {
+            assert_ne!(text, good, "case {expect} did not change the file");
+            let err = RunConfig::from_toml(&text).unwrap_err().to_string();
+            println!("{err}");
+            assert!(err.contains(&expect), "expected '{expect}' in: {err}");
+            assert!(!err.contains('\n'), "one line: {err}");
+        }
+        // Configurations written before `on_nan` existed still load (it has a default).
+        let old = good.replace(
+            "[train.on_nan]\naction = \"stop\"\nlr_factor = 0.5\nmax_restarts = 3\n",
+            "",
+        );
+        assert_ne!(old, good);
+        assert_eq!(
+            RunConfig::from_toml(&old).unwrap().train.on_nan,
+            OnNan::default()
+        );
+    }
 }

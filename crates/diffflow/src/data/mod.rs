@@ -4,11 +4,13 @@
 //!   all rescaled like the authors' code so that `max |x| = 0.85`;
 //! - [`image2d`]: densities from the DiffFlow images (tree, Sierpinski carpets), embedded
 //!   in the library;
+//! - [`idx`]: MNIST's IDX files (gzipped or not), with hostile-header checks;
 //! - [`standardize`]: per-column `(x - mean) / std` with its log-Jacobian ([`Standardizer`]).
 //!
 //! Every random draw comes from the [`crate::rng::Rng`] passed in, so a data set is a
 //! deterministic function of its seed.
 
+pub mod idx;
 pub mod image2d;
 pub mod standardize;
 pub mod toy;
