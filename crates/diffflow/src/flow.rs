@@ -67,12 +67,15 @@ impl DiffFlow {
         self.drift.dim()
     }
 
-    /// Element type of the parameters (that of the first drift or score parameter).
+    /// Element type of the parameters (that of the first drift or score parameter, else of
+    /// the first buffer, else f32).
     pub fn dtype(&self) -> DType {
         self.drift
             .vars()
             .iter()
             .chain(self.score.vars())
+            .chain(self.drift.buffers())
+            .chain(self.score.buffers())
             .next()
             .map(|(_, v)| v.dtype())
             .unwrap_or(DType::F32)
