@@ -365,3 +365,61 @@ fn bad_inputs_are_errors() {
     };
     assert!(neg_elbo_mc(&flow, &[0.0, 0.0], &steps, &e0, &mut rng, &no_progress).is_err());
 }
+
+#[test]
+fn held_out_record_survives_a_resume_and_later_lines_do_not() {
+    use diffflow::config::Weights;
+    use diffflow::train::{append_metrics, HeldOutRecord, Silent, METRICS_FILE};
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = RunConfig::preset(Preset::Quick, "moons");
+    cfg.data.train_size = 500;
+    cfg.data.test_size = 50;
+    cfg.model.net = MlpConfig {
+        width: 8,
+        depth: 1,
+        fourier: 4,
+        ..MlpConfig::small()
+    };
+    cfg.train.iters = 20;
+    cfg.train.batch = 16;
+    cfg.train.steps = StepsSchedule::constant(3);
+    cfg.train.log_every = 10;
+    cfg.train.checkpoint_every = 0;
+    cfg.train.threads = 1;
+    let data = TrainData::toy(&cfg.data, 0).unwrap();
+    let mut tr = Trainer::new(cfg.clone(), data.clone()).unwrap();
+    tr.run(Some(dir.path()), &mut Silent, None).unwrap();
+    let rec = |step| HeldOutRecord {
+        step,
+        test_nll: 1.0,
+        test_nll_stderr: 0.1,
+        test_nll_standardised: 2.0,
+        test_bits_per_dim: 0.7,
+        test_elbo: 1.5,
+        test_elbo_stderr: 0.1,
+        test_elbo_standardised: 2.5,
+        test_points: 50,
+        nfe: 30.0,
+        weights: Weights::Ema,
+    };
+    append_metrics(dir.path(), &rec(20)).unwrap();
+    // A stale line from beyond the checkpoint (as an interrupted run would leave).
+    append_metrics(dir.path(), &rec(25)).unwrap();
+    // Resume from the step-20 checkpoint and train to 30.
+    let mut more = Trainer::resume(dir.path(), data).unwrap();
+    more.cfg.train.iters = 30;
+    more.run(Some(dir.path()), &mut Silent, None).unwrap();
+    let text = std::fs::read_to_string(dir.path().join(METRICS_FILE)).unwrap();
+    let steps: Vec<(u64, bool)> = text
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (v["step"].as_u64().unwrap(), v.get("test_nll").is_some())
+        })
+        .collect();
+    assert_eq!(
+        steps,
+        vec![(10, false), (20, false), (20, true), (30, false)],
+        "{text}"
+    );
+}
