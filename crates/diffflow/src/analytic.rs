@@ -147,7 +147,7 @@ impl GaussianFlow {
     }
 
     /// `U y`.
-    fn from_basis(&self, y: &[f64]) -> Vec<f64> {
+    fn out_of_basis(&self, y: &[f64]) -> Vec<f64> {
         let d = self.dim;
         (0..d)
             .map(|k| (0..d).map(|i| self.basis[k * d + i] * y[i]).sum())
@@ -189,7 +189,7 @@ impl GaussianFlow {
 
     /// Mean [d] of the forward marginal at `t` (the data mean at `t_0`, 0 at `T`).
     pub fn mean_at(&self, t: f64) -> Vec<f64> {
-        self.from_basis(&self.marginal_basis(t).0)
+        self.out_of_basis(&self.marginal_basis(t).0)
     }
 
     /// Covariance [d, d] of the forward marginal at `t` (the identity at `T`).
@@ -224,13 +224,13 @@ impl GaussianFlow {
     /// `(M, c)` with `net(x, t) = M x + c`: [d, d] row-major and [d].
     pub fn coefficients(&self, field: Field, t: f64) -> (Vec<f64>, Vec<f64>) {
         match field {
-            Field::Drift => (self.sandwich(&self.alpha), self.from_basis(&self.shift)),
+            Field::Drift => (self.sandwich(&self.alpha), self.out_of_basis(&self.shift)),
             Field::Score => {
                 let (m, p) = self.marginal_basis(t);
                 let inv: Vec<f64> = p.iter().map(|v| 1.0 / v).collect();
                 let neg: Vec<f64> = inv.iter().map(|v| -v).collect();
                 let c: Vec<f64> = m.iter().zip(&inv).map(|(a, b)| a * b).collect();
-                (self.sandwich(&neg), self.from_basis(&c))
+                (self.sandwich(&neg), self.out_of_basis(&c))
             }
         }
     }

@@ -23,6 +23,7 @@ use crate::ode::{self, Method, Stats, Tolerances};
 use crate::rng::Rng;
 use crate::{Error, Result};
 use candle_core::{DType, Device, Tensor};
+use std::cmp::Ordering::Greater;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
@@ -232,7 +233,10 @@ pub fn pf_ode_nll(
 ) -> Result<Nll> {
     let d = flow.dim();
     let n = check_points(x, d)?;
-    if t.len() < 2 || t.windows(2).any(|w| !(w[1] > w[0])) {
+    if t.len() < 2
+        || t.windows(2)
+            .any(|w| w[1].partial_cmp(&w[0]) != Some(Greater))
+    {
         return Err(Error::config("the likelihood needs increasing time points"));
     }
     opts.tol.validate()?;

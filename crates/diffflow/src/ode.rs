@@ -383,9 +383,9 @@ where
         }
         for j in 0..n {
             let (mut sb, mut se) = (0.0, 0.0);
-            for i in 0..s {
-                sb += tab.b[i] * k[i][j];
-                se += tab.e[i] * k[i][j];
+            for ((bi, ei), ki) in tab.b.iter().zip(tab.e).zip(&k) {
+                sb += bi * ki[j];
+                se += ei * ki[j];
             }
             y_new[j] = y[j] + hs * sb;
             err[j] = hs * se;
