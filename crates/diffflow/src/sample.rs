@@ -199,7 +199,7 @@ pub fn sample_ode(
     chunk: usize,
     rng: &mut Rng,
 ) -> Result<(Tensor, Vec<crate::ode::Stats>)> {
-    let d = flow.dim();
+    let (d, dtype) = (flow.dim(), flow.dtype());
     let ts: Vec<f64> = t.iter().rev().copied().collect();
     let mut fe = flow.drift.engine()?;
     let mut se = flow.score.engine()?;
@@ -210,7 +210,7 @@ pub fn sample_ode(
         let b = chunk.max(1).min(n - done);
         let mut y = rng.normals(b * d);
         let mut rhs = |t: f64, y: &[f64], dy: &mut [f64]| -> Result<()> {
-            let x = Tensor::from_slice(y, (b, d), &Device::Cpu)?;
+            let x = Tensor::from_slice(y, (b, d), &Device::Cpu)?.to_dtype(dtype)?;
             let f = fe.eval(&x, t)?;
             let s = se.eval(&x, t)?;
             let v = pf_velocity(&f, &s, flow.diffusion.at(t))?;

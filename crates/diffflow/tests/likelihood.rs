@@ -423,3 +423,78 @@ fn held_out_record_survives_a_resume_and_later_lines_do_not() {
         "{text}"
     );
 }
+
+#[test]
+fn exact_divergence_through_the_mlp_engine_matches_finite_differences() {
+    // The NLL of a random f64 MLP flow by RK4 with the exact divergence (several pullbacks of
+    // one kept evaluation) against the same RK4 with the divergence by central differences.
+    use candle_core::{DType, Device, Tensor};
+    use diffflow::flow::DiffFlow;
+    use diffflow::nn::{Mlp, TimeNet};
+    use diffflow::sde::Diffusion;
+    let cfg = MlpConfig {
+        width: 16,
+        depth: 2,
+        fourier: 8,
+        ..MlpConfig::small()
+    };
+    let mut rng = Rng::new(3);
+    let flow = DiffFlow {
+        drift: Box::new(Mlp::new(2, &cfg, DType::F64, &mut rng).unwrap()),
+        score: Box::new(Mlp::new(2, &cfg, DType::F64, &mut rng).unwrap()),
+        diffusion: Diffusion::Constant { value: 0.7 },
+    };
+    let x = rng.normals(10);
+    let (t0, t1, k) = (0.001, 0.05, 20);
+    let t: Vec<f64> = (0..=k)
+        .map(|i| t0 + (t1 - t0) * i as f64 / k as f64)
+        .collect();
+    let opts = NllOptions {
+        method: Method::Rk4,
+        ..NllOptions::default()
+    };
+    let got = pf_ode_nll(&flow, &x, &t, &opts, &mut Rng::new(0), &no_progress).unwrap();
+    let (mut fe, mut se) = (flow.drift.engine().unwrap(), flow.score.engine().unwrap());
+    let mut v = |t: f64, p: [f64; 2]| -> [f64; 2] {
+        let xt = Tensor::from_slice(&p, (1, 2), &Device::Cpu).unwrap();
+        let f = fe.eval(&xt, t).unwrap().to_vec2::<f64>().unwrap();
+        let s = se.eval(&xt, t).unwrap().to_vec2::<f64>().unwrap();
+        let c = 0.5 * 0.7f64.powi(2);
+        [f[0][0] - c * s[0][0], f[0][1] - c * s[0][1]]
+    };
+    // [x, y, ℓ] with ℓ' = ∇·v by central differences.
+    let mut rhs = |t: f64, y: [f64; 3]| -> [f64; 3] {
+        let h = 1e-5;
+        let mut div = 0.0;
+        for j in 0..2 {
+            let (mut a, mut b) = ([y[0], y[1]], [y[0], y[1]]);
+            a[j] += h;
+            b[j] -= h;
+            div += (v(t, a)[j] - v(t, b)[j]) / (2.0 * h);
+        }
+        let w = v(t, [y[0], y[1]]);
+        [w[0], w[1], div]
+    };
+    let mut worst: f64 = 0.0;
+    for (r, p) in x.chunks_exact(2).enumerate() {
+        let mut y = [p[0], p[1], 0.0];
+        for w in t.windows(2) {
+            let (s, h) = (w[0], w[1] - w[0]);
+            let add = |a: [f64; 3], b: [f64; 3], c: f64| {
+                [a[0] + c * b[0], a[1] + c * b[1], a[2] + c * b[2]]
+            };
+            let k1 = rhs(s, y);
+            let k2 = rhs(s + h / 2.0, add(y, k1, h / 2.0));
+            let k3 = rhs(s + h / 2.0, add(y, k2, h / 2.0));
+            let k4 = rhs(s + h, add(y, k3, h));
+            for i in 0..3 {
+                y[i] += h / 6.0 * (k1[i] + 2.0 * k2[i] + 2.0 * k3[i] + k4[i]);
+            }
+        }
+        let prior = 0.5 * (y[0] * y[0] + y[1] * y[1]) + 2.0 * diffflow::flow::HALF_LN_2PI;
+        let want = prior - y[2];
+        worst = worst.max((got.nll[r] - want).abs());
+    }
+    eprintln!("MLP flow: exact-divergence NLL vs finite differences, max difference {worst:.2e}");
+    assert!(worst < 1e-6, "{worst}");
+}
