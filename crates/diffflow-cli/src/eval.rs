@@ -84,6 +84,10 @@ pub struct EvalArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
+    /// Also write each point's NLL (and negative ELBO) in nats, data units, to this .csv or
+    /// .npy file (columns nll, elbo).
+    #[arg(long)]
+    per_sample: Option<PathBuf>,
 }
 
 /// How to evaluate (shared by `diffflow eval` and the end of `diffflow train`).
@@ -132,6 +136,9 @@ pub struct Report {
     pub weights: Option<Weights>,
     pub step: Option<usize>,
     pub data: String,
+    /// Per-point NLL and negative ELBO, data units (for --per-sample).
+    #[serde(skip)]
+    pub per_sample: Vec<[f64; 2]>,
 }
 
 fn bar(len: usize, msg: &str, show: bool) -> ProgressBar {
@@ -200,6 +207,7 @@ pub fn evaluate(flow: &DiffFlow, std: &Standardizer, x: &[f64], s: &Settings) ->
         weights: None,
         step: None,
         data: String::new(),
+        per_sample: nll.nll.iter().map(|v| [v + shift, f64::NAN]).collect(),
     };
     if let Some((steps, opts)) = &s.elbo {
         let t = Instant::now();
@@ -210,6 +218,9 @@ pub fn evaluate(flow: &DiffFlow, std: &Standardizer, x: &[f64], s: &Settings) ->
         let es = summarize(&elbo);
         let gap: Vec<f64> = elbo.iter().zip(&nll.nll).map(|(a, b)| a - b).collect();
         let gs = summarize(&gap);
+        for (row, e) in report.per_sample.iter_mut().zip(&elbo) {
+            row[1] = e + shift;
+        }
         report.elbo = Some(es.mean + shift);
         report.elbo_stderr = Some(es.stderr);
         report.elbo_standardised = Some(es.mean);
@@ -363,16 +374,65 @@ pub fn run(args: EvalArgs) -> Result<()> {
     report.weights = Some(weights.unwrap_or(cfg.sample.weights));
     report.step = Some(run.step);
     report.data = what;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+    if let Some(path) = &args.per_sample {
+        write_per_sample(path, &report)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    let text = if args.json {
+        format!("{}\n", serde_json::to_string_pretty(&report)?)
     } else {
-        print_report(&report);
+        format_report(&report)
+    };
+    write_stdout(&text)
+}
+
+/// Per-point values: columns nll and (when computed) elbo.
+fn write_per_sample(path: &Path, r: &Report) -> Result<()> {
+    let cols = if r.elbo.is_some() { 2 } else { 1 };
+    let data: Vec<f64> = r
+        .per_sample
+        .iter()
+        .flat_map(|row| row[..cols].to_vec())
+        .collect();
+    let rows = r.per_sample.len();
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("csv") => tabular::save_csv(
+            path,
+            &tabular::Table {
+                data,
+                rows,
+                cols,
+                names: Some(
+                    ["nll", "elbo"][..cols]
+                        .iter()
+                        .map(|s| s.to_string())
+                        .collect(),
+                ),
+            },
+        )?,
+        Some("npy") => tabular::save_npy(path, &data, rows, cols)?,
+        _ => bail!("unknown extension (expected .csv or .npy)"),
     }
     Ok(())
 }
 
-fn print_report(r: &Report) {
-    println!(
+/// Writes to stdout; a closed pipe (`| head`) is not an error.
+fn write_stdout(text: &str) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(e).context("cannot write to stdout")
+        }
+        _ => Ok(()),
+    }
+}
+
+fn format_report(r: &Report) -> String {
+    use std::fmt::Write;
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
         "{} (d = {}), model at step {}, {} weights",
         r.data,
         r.dim,
@@ -382,7 +442,8 @@ fn print_report(r: &Report) {
             Weights::Live => "live",
         })
     );
-    println!(
+    let _ = writeln!(
+        o,
         "NLL (probability flow)  {:.4} ± {:.4} nats  ({:.4} bits/dim; {:.4} nats standardised)",
         r.nll, r.nll_stderr, r.bits_per_dim, r.nll_standardised
     );
@@ -392,14 +453,15 @@ fn print_report(r: &Report) {
         r.elbo_standardised,
         r.elbo_bits_per_dim,
     ) {
-        println!(
+        let _ = writeln!(
+            o,
             "negative ELBO (13)      {e:.4} ± {se:.4} nats  ({bpd:.4} bits/dim; {es:.4} nats \
              standardised; N = {}, {} trajectories per point)",
             r.elbo_steps.unwrap_or(0),
             r.elbo_trajectories.unwrap_or(0)
         );
         if let (Some(g), Some(gs)) = (r.elbo_gap, r.elbo_gap_stderr) {
-            println!("ELBO − NLL              {g:.4} ± {gs:.4} nats");
+            let _ = writeln!(o, "ELBO − NLL              {g:.4} ± {gs:.4} nats");
         }
     }
     let control = match (r.rtol, r.atol, r.ode_steps) {
@@ -407,12 +469,15 @@ fn print_report(r: &Report) {
         (_, _, Some(k)) => format!("{k} steps"),
         _ => String::new(),
     };
-    println!(
+    let _ = writeln!(
+        o,
         "NFE {:.1} per solve (max {}, {} solves; {}, {control}; {} divergence)",
         r.nfe, r.nfe_max, r.solves, r.solver, r.divergence
     );
-    println!(
+    let _ = writeln!(
+        o,
         "time {:.2} s (NLL {:.2} s, ELBO {:.2} s)",
         r.seconds, r.seconds_nll, r.seconds_elbo
     );
+    o
 }

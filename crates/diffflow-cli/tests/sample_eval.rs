@@ -142,10 +142,19 @@ fn eval_reports_json_on_files_and_datasets() {
         .arg(run_dir())
         .arg("--data")
         .arg(&data)
-        .args(["--json", "--trajectories", "3"])
+        .args(["--json", "--trajectories", "3", "--per-sample"])
+        .arg(dir.path().join("per.csv"))
         .output()
         .unwrap());
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let per = std::fs::read_to_string(dir.path().join("per.csv")).unwrap();
+    assert!(per.starts_with("nll,elbo\n"), "{per}");
+    let rows: Vec<Vec<f64>> = per
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').map(|c| c.parse().unwrap()).collect())
+        .collect();
+    assert_eq!(rows.len(), 4);
     for key in [
         "nll",
         "nll_stderr",
@@ -158,6 +167,8 @@ fn eval_reports_json_on_files_and_datasets() {
         assert!(v[key].as_f64().unwrap().is_finite(), "{key}: {v}");
     }
     assert_eq!(v["n"], 4);
+    let mean_nll = rows.iter().map(|r| r[0]).sum::<f64>() / 4.0;
+    assert!((mean_nll - v["nll"].as_f64().unwrap()).abs() < 1e-9);
     // bits/dim = nats / (d ln 2)
     let bpd = v["nll"].as_f64().unwrap() / (2.0 * std::f64::consts::LN_2);
     assert!((v["bits_per_dim"].as_f64().unwrap() - bpd).abs() < 1e-12);

@@ -430,7 +430,7 @@ fn exact_divergence_through_the_mlp_engine_matches_finite_differences() {
     // one kept evaluation) against the same RK4 with the divergence by central differences.
     use candle_core::{DType, Device, Tensor};
     use diffflow::flow::DiffFlow;
-    use diffflow::nn::{Mlp, TimeNet};
+    use diffflow::nn::Mlp;
     use diffflow::sde::Diffusion;
     let cfg = MlpConfig {
         width: 16,
