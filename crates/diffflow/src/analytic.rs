@@ -33,13 +33,13 @@ pub struct GaussianFlow {
     dim: usize,
     /// `U` [d, d] row-major, orthonormal columns.
     basis: Vec<f64>,
-    /// Rates `α` [d] of the drift along the columns of `U`.
+    /// Rates `α` `[d]` of the drift along the columns of `U`.
     alpha: Vec<f64>,
-    /// Data variances `λ` [d] along the columns of `U`.
+    /// Data variances `λ` `[d]` along the columns of `U`.
     var0: Vec<f64>,
-    /// Data mean in the basis, `μ' = Uᵀ μ` [d].
+    /// Data mean in the basis, `μ' = Uᵀ μ` `[d]`.
     mean0: Vec<f64>,
-    /// Drift offset in the basis, `b'` [d].
+    /// Drift offset in the basis, `b'` `[d]`.
     shift: Vec<f64>,
     g: f64,
     t0: f64,
@@ -48,7 +48,7 @@ pub struct GaussianFlow {
 
 impl GaussianFlow {
     /// The model with basis `U` ([d, d] row-major, orthonormal columns), drift rates `alpha`
-    /// [d], data mean `mean` [d], constant diffusion `g` on `[t0, t1]`.
+    /// `[d]`, data mean `mean` `[d]`, constant diffusion `g` on `[t0, t1]`.
     /// Errors: shapes, a non-orthonormal `U`, or rates for which a data variance would be ≤ 0.
     pub fn new(
         basis: &[f64],
@@ -187,7 +187,7 @@ impl GaussianFlow {
         (m, p)
     }
 
-    /// Mean [d] of the forward marginal at `t` (the data mean at `t_0`, 0 at `T`).
+    /// Mean `[d]` of the forward marginal at `t` (the data mean at `t_0`, 0 at `T`).
     pub fn mean_at(&self, t: f64) -> Vec<f64> {
         self.out_of_basis(&self.marginal_basis(t).0)
     }
@@ -197,7 +197,7 @@ impl GaussianFlow {
         self.sandwich(&self.marginal_basis(t).1)
     }
 
-    /// `log p_t(x)` of the forward marginal. Shapes: `x` [n, d] → [n].
+    /// `log p_t(x)` of the forward marginal. Shapes: `x` [n, d] → `[n]`.
     pub fn log_density(&self, x: &[f64], t: f64) -> Vec<f64> {
         let (m, p) = self.marginal_basis(t);
         x.chunks_exact(self.dim)
@@ -221,7 +221,7 @@ impl GaussianFlow {
         self.alpha.iter().sum::<f64>() + 0.5 * g2 * p.iter().map(|v| 1.0 / v).sum::<f64>()
     }
 
-    /// `(M, c)` with `net(x, t) = M x + c`: [d, d] row-major and [d].
+    /// `(M, c)` with `net(x, t) = M x + c`: [d, d] row-major and `[d]`.
     pub fn coefficients(&self, field: Field, t: f64) -> (Vec<f64>, Vec<f64>) {
         match field {
             Field::Drift => (self.sandwich(&self.alpha), self.out_of_basis(&self.shift)),

@@ -4,7 +4,7 @@
 //! Probability flow: `dx/dt = v(x, t) = f(x, t) − ½ g(t)² s(x, t)` (λ = 0 in (16)) carries
 //! the data at `t_0` to the prior `N(0, I)` at `T`, and
 //! `−log p_0(x_0) = −log N(x_T; 0, I) − ∫_{t_0}^{T} ∇·v(x_t, t) dt`. The state of one solve
-//! is, per row, `x` [d] followed by the divergence integral(s); the nets are evaluated by
+//! is, per row, `x` `[d]` followed by the divergence integral(s); the nets are evaluated by
 //! their graph-free engines and the divergence comes from vector-Jacobian products:
 //! - exact: `∇·v = Σ_k e_kᵀ (∂v/∂x)ᵀ e_k`, `d` pullbacks of one kept evaluation per net;
 //! - Hutchinson: `εᵀ (∂v/∂x)ᵀ ε` for probes `ε` (Gaussian or Rademacher) drawn once and kept
@@ -90,7 +90,7 @@ impl Default for NllOptions {
 /// Result of [`pf_ode_nll`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct Nll {
-    /// Per-sample NLL, nats (mean over probes). Shapes: [n].
+    /// Per-sample NLL, nats (mean over probes). Shapes: `[n]`.
     pub nll: Vec<f64>,
     /// Per-sample, per-probe NLL (exact: one column). Shapes: [n, probes].
     pub per_probe: Vec<f64>,
@@ -389,7 +389,7 @@ impl Default for ElboOptions {
 }
 
 /// The negative ELBO (13) of each point of `x` [n, d] (standardised units) on the grid
-/// `steps`, averaged over `trajectories` forward trajectories with fresh noise: [n], nats.
+/// `steps`, averaged over `trajectories` forward trajectories with fresh noise: `[n]`, nats.
 /// Unbiased for the expected negative ELBO, an upper bound on `−log p_B(x)` of the discrete
 /// backward model. `progress` is called with the number of points finished after each piece.
 pub fn neg_elbo_mc(

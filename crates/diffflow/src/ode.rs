@@ -231,7 +231,7 @@ pub struct Stats {
 }
 
 /// Integrates along the given time points (increasing or decreasing), one step of `tab` per
-/// interval, updating `y` in place. Shapes: `y` [n]; `rhs(t, y, dy)` writes `F(t, y)` to `dy`.
+/// interval, updating `y` in place. Shapes: `y` `[n]`; `rhs(t, y, dy)` writes `F(t, y)` to `dy`.
 pub fn integrate_fixed<F>(tab: &Tableau, rhs: &mut F, y: &mut [f64], ts: &[f64]) -> Result<Stats>
 where
     F: FnMut(f64, &[f64], &mut [f64]) -> Result<()>,
