@@ -257,7 +257,7 @@ impl RunConfig {
     /// Parses a TOML configuration (unknown keys are errors) and validates it.
     pub fn from_toml(text: &str) -> Result<Self> {
         let cfg: RunConfig =
-            toml::from_str(text).map_err(|e| Error::config(format!("{}", e.message())))?;
+            toml::from_str(text).map_err(|e| Error::config(e.message().to_string()))?;
         cfg.validate()?;
         Ok(cfg)
     }

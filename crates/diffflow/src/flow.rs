@@ -34,7 +34,8 @@ impl Steps {
                 g.len()
             )));
         }
-        if t.windows(2).any(|w| !(w[1] > w[0])) || g.iter().any(|g| !(*g > 0.0)) {
+        let increasing = t.windows(2).all(|w| w[1] > w[0]);
+        if !increasing || !g.iter().all(|g| *g > 0.0) {
             return Err(Error::config("time points must increase and g must be > 0"));
         }
         Ok(Steps { t, g })
