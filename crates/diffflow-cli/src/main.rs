@@ -1,7 +1,9 @@
 //! `diffflow`: train, sample and evaluate Diffusion Normalizing Flow models.
 
+mod eval;
 mod plot;
 mod progress;
+mod sample;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -22,12 +24,18 @@ struct Cli {
 enum Command {
     /// Train a DiffFlow model on a built-in 2-D data set.
     Train(train::TrainArgs),
+    /// Draw samples from a trained model (SDE(lambda) or probability-flow ODE).
+    Sample(sample::SampleArgs),
+    /// Likelihood of data under a trained model: probability-flow NLL and negative ELBO.
+    Eval(eval::EvalArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Train(args) => train::run(args),
+        Command::Sample(args) => sample::run(args),
+        Command::Eval(args) => eval::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

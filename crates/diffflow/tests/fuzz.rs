@@ -171,8 +171,7 @@ fn targets() -> Vec<Target> {
             smart: Some(|b, rng| {
                 // Mutate the decompressed content and compress again.
                 let mut raw = Vec::new();
-                std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(b), &mut raw)
-                    .ok()?;
+                std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(b), &mut raw).ok()?;
                 Some(gz(&mutate_bytes(&raw, &[], rng)))
             }),
         },
@@ -212,7 +211,11 @@ fn mutate_bytes(input: &[u8], others: &[Vec<u8>], rng: &mut Rng) -> Vec<u8> {
                 } else {
                     v.to_be_bytes()
                 };
-                let src = if rng.below(2) == 0 { &bytes[..w] } else { &bytes[8 - w..] };
+                let src = if rng.below(2) == 0 {
+                    &bytes[..w]
+                } else {
+                    &bytes[8 - w..]
+                };
                 b[at..at + w].copy_from_slice(src);
             }
             4 if n > 0 => b.truncate(rng.below(n)),
@@ -315,7 +318,9 @@ fn mutate_checkpoint(input: &[u8], rng: &mut Rng) -> Option<Vec<u8>> {
                 // Numbers are the interesting part of the state.
                 let s = String::from_utf8_lossy(&m).into_owned();
                 let tok = ["0", "1", "4294967296", "1e300", "-1", "99999999999"][rng.below(6)];
-                m = s.replacen("\"dim\":2", &format!("\"dim\":{tok}"), 1).into_bytes();
+                m = s
+                    .replacen("\"dim\":2", &format!("\"dim\":{tok}"), 1)
+                    .into_bytes();
             }
             metadata.insert("state".into(), String::from_utf8(m).ok()?);
         }
