@@ -11,7 +11,7 @@
 
 use diffflow::checkpoint::{self, TensorFile};
 use diffflow::config::{Preset, RunConfig};
-use diffflow::data::idx;
+use diffflow::data::{idx, tabular};
 use diffflow::nn::MlpConfig;
 use diffflow::rng::Rng;
 use diffflow::sde::StepsSchedule;
@@ -119,15 +119,87 @@ fn idx_seeds() -> Vec<Vec<u8>> {
     vec![images, labels]
 }
 
+fn csv_seeds() -> Vec<Vec<u8>> {
+    vec![
+        b"# a comment\nx,y,label\n0.5,-1e-3,1\n2,3.25,0\n\n-7,1e10,1\n".to_vec(),
+        b"1;2;3\r\n4;5;6\r\n".to_vec(),
+        b"\xEF\xBB\xBF\"a b\"\t\"c\"\n1\t2\n  3\t4\n".to_vec(),
+        b"1 2  3\n4\t5 6\n".to_vec(),
+    ]
+}
+
+fn npy_seeds() -> Vec<Vec<u8>> {
+    let dir = tempfile::tempdir().unwrap();
+    let mut seeds = Vec::new();
+    for (rows, cols) in [(3usize, 2usize), (1, 5)] {
+        let p = dir.path().join("t.npy");
+        let data: Vec<f64> = (0..rows * cols).map(|i| i as f64 * 0.5 - 1.0).collect();
+        tabular::save_npy(&p, &data, rows, cols).unwrap();
+        seeds.push(std::fs::read(&p).unwrap());
+    }
+    // Version 2.0 header, float32, Fortran order (written by hand).
+    let mut h = b"{'descr': '<f4', 'fortran_order': True, 'shape': (2, 2), }".to_vec();
+    while (12 + h.len() + 1) % 64 != 0 {
+        h.push(b' ');
+    }
+    h.push(b'\n');
+    let mut v2 = b"\x93NUMPY\x02\x00".to_vec();
+    v2.extend((h.len() as u32).to_le_bytes());
+    v2.extend(h);
+    for x in [1f32, 2.0, 3.0, 4.0] {
+        v2.extend(x.to_le_bytes());
+    }
+    seeds.push(v2);
+    seeds
+}
+
 fn gz(bytes: &[u8]) -> Vec<u8> {
     let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     e.write_all(bytes).unwrap();
     e.finish().unwrap()
 }
 
+/// Decompresses, mutates the content, compresses again (so that the parser behind the
+/// gzip layer is reached).
+fn mutate_inside_gz(b: &[u8], rng: &mut Rng) -> Option<Vec<u8>> {
+    let mut raw = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(b), &mut raw).ok()?;
+    Some(gz(&mutate_bytes(&raw, &[], rng)))
+}
+
 fn targets() -> Vec<Target> {
     let ckpt = checkpoint_seed();
     vec![
+        Target {
+            name: "csv",
+            seeds: csv_seeds(),
+            run: |b| {
+                let _ = tabular::parse(b, "fuzz.csv", &tabular::LoadOptions::default());
+                let opts = tabular::LoadOptions {
+                    header: Some(true),
+                    columns: Some(vec![1, 0, 1]),
+                    ..Default::default()
+                };
+                let _ = tabular::parse(b, "fuzz.txt", &opts);
+            },
+            smart: Some(mutate_text),
+        },
+        Target {
+            name: "npy",
+            seeds: npy_seeds(),
+            run: |b| {
+                let _ = tabular::parse(b, "fuzz.npy", &tabular::LoadOptions::default());
+            },
+            smart: None,
+        },
+        Target {
+            name: "npy_gz",
+            seeds: npy_seeds().iter().map(|s| gz(s)).collect(),
+            run: |b| {
+                let _ = tabular::parse(b, "fuzz.npy.gz", &tabular::LoadOptions::default());
+            },
+            smart: Some(mutate_inside_gz),
+        },
         Target {
             name: "config_toml",
             seeds: config_seeds(),
@@ -168,12 +240,7 @@ fn targets() -> Vec<Target> {
             run: |b| {
                 let _ = idx::read_idx_from(flate2::read::GzDecoder::new(b), "fuzz");
             },
-            smart: Some(|b, rng| {
-                // Mutate the decompressed content and compress again.
-                let mut raw = Vec::new();
-                std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(b), &mut raw).ok()?;
-                Some(gz(&mutate_bytes(&raw, &[], rng)))
-            }),
+            smart: Some(mutate_inside_gz),
         },
     ]
 }
@@ -263,8 +330,8 @@ const TOKENS: [&str; 16] = [
     "0.000000000000000000001",
 ];
 
-/// Text-aware mutation: replace a value with an interesting token, delete or duplicate a
-/// line.
+/// Text-aware mutation: replace a value (after ` = `, or a comma-separated cell) with an
+/// interesting token, delete or duplicate a line.
 fn mutate_text(input: &[u8], rng: &mut Rng) -> Option<Vec<u8>> {
     let text = std::str::from_utf8(input).ok()?;
     let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
@@ -275,9 +342,14 @@ fn mutate_text(input: &[u8], rng: &mut Rng) -> Option<Vec<u8>> {
         let i = rng.below(lines.len());
         match rng.below(4) {
             0 | 1 => {
+                let tok = TOKENS[rng.below(TOKENS.len())];
                 if let Some(eq) = lines[i].find(" = ") {
-                    let tok = TOKENS[rng.below(TOKENS.len())];
                     lines[i] = format!("{} = {tok}", &lines[i][..eq]);
+                } else {
+                    let mut cells: Vec<String> = lines[i].split(',').map(str::to_string).collect();
+                    let c = rng.below(cells.len());
+                    cells[c] = tok.to_string();
+                    lines[i] = cells.join(",");
                 }
             }
             2 => {
@@ -401,9 +473,37 @@ fn fuzz(target: &Target, seed: u64, budget: Duration, min_execs: usize) -> usize
 }
 
 #[test]
+fn harness_reports_panics_and_huge_allocations() {
+    let message = |t: Target| {
+        let e = std::panic::catch_unwind(|| fuzz(&t, 3, Duration::ZERO, 200)).unwrap_err();
+        e.downcast_ref::<String>().cloned().unwrap_or_default()
+    };
+    let m = message(Target {
+        name: "selftest_panic",
+        seeds: vec![vec![1, 2, 3, 4]],
+        run: |b| assert!(b.len() == 4 || b.len() > 1000, "length changed"),
+        smart: None,
+    });
+    assert!(m.contains("selftest_panic: panic on input saved to"), "{m}");
+    let m = message(Target {
+        name: "selftest_alloc",
+        seeds: vec![vec![1, 2, 3, 4]],
+        // Believes a "header" (the first byte) and reserves 2^(20 + b0) bytes (virtual).
+        run: |b| {
+            if let Some(&b0) = b.first() {
+                let v = Vec::<u8>::with_capacity(1usize << (20 + b0.min(16)));
+                std::hint::black_box(v);
+            }
+        },
+        smart: None,
+    });
+    assert!(m.contains("selftest_alloc: allocation of"), "{m}");
+}
+
+#[test]
 fn fuzz_every_parser_briefly() {
     for t in targets() {
-        let n = fuzz(&t, 1, Duration::ZERO, 300);
+        let n = fuzz(&t, 1, Duration::ZERO, 2000);
         println!("{}: {n} executions, no finding", t.name);
     }
 }
