@@ -319,7 +319,23 @@ pub fn run(args: TrainArgs) -> Result<()> {
             ),
         }
     );
+    // Ctrl-C during the final pictures and evaluation stops them too; the model is saved,
+    // and resuming the complete run writes them.
+    let stopped = || -> Result<()> {
+        if stop.load(Ordering::SeqCst) {
+            eprintln!(
+                "interrupted after training: the model is saved in {}; `diffflow train \
+                 --resume {}` writes samples.png and the held-out evaluation",
+                out.display(),
+                out.display()
+            );
+            return Err(diffflow::Error::Interrupted { step: trainer.step }.into());
+        }
+        Ok(())
+    };
+    stopped()?;
     write_samples(&trainer, &out)?;
+    stopped()?;
     // A resumed run that was complete may already have its held-out line.
     if !has_held_out(&out, trainer.step) {
         write_held_out(&trainer, &out)?;

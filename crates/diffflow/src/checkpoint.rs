@@ -300,6 +300,75 @@ pub fn from_bytes(bytes: &[u8]) -> std::result::Result<TensorFile, String> {
     })
 }
 
+/// The tensors of `net` (parameters and buffers) under `prefix.` + their names.
+pub fn net_tensors(net: &dyn crate::nn::TimeNet, prefix: &str) -> BTreeMap<String, Tensor> {
+    net.vars()
+        .iter()
+        .chain(net.buffers())
+        .map(|(name, v)| (format!("{prefix}.{name}"), v.as_tensor().clone()))
+        .collect()
+}
+
+/// Sets the parameters and buffers of `net` from `file`'s tensors named `prefix.` + name,
+/// checking every shape; values are converted to the net's dtype.
+pub fn load_net(
+    net: &dyn crate::nn::TimeNet,
+    prefix: &str,
+    file: &TensorFile,
+    path: &Path,
+) -> Result<()> {
+    for (name, var) in net.vars().iter().chain(net.buffers()) {
+        let key = format!("{prefix}.{name}");
+        let t = file.get(&key, path)?;
+        if t.dims() != var.dims() {
+            return Err(Error::checkpoint(
+                path,
+                format!(
+                    "tensor '{key}' has shape {:?}, the configured network needs {:?}",
+                    t.dims(),
+                    var.dims()
+                ),
+            ));
+        }
+        if !matches!(t.dtype(), DType::F32 | DType::F64) {
+            return Err(Error::checkpoint(
+                path,
+                format!(
+                    "tensor '{key}' has dtype {:?}, expected F32 or F64",
+                    t.dtype()
+                ),
+            ));
+        }
+        var.set(&t.to_dtype(var.dtype())?)?;
+    }
+    Ok(())
+}
+
+/// Sets only the trainable parameters of `net` from tensors named `prefix.` + name.
+pub fn load_net_vars(
+    net: &dyn crate::nn::TimeNet,
+    prefix: &str,
+    file: &TensorFile,
+    path: &Path,
+) -> Result<()> {
+    for (name, var) in net.vars() {
+        let key = format!("{prefix}.{name}");
+        let t = file.get(&key, path)?;
+        if t.dims() != var.dims() {
+            return Err(Error::checkpoint(
+                path,
+                format!(
+                    "tensor '{key}' has shape {:?}, the configured network needs {:?}",
+                    t.dims(),
+                    var.dims()
+                ),
+            ));
+        }
+        var.set(&t.to_dtype(var.dtype())?)?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -433,7 +502,7 @@ mod tests {
         for i in header * 8..bytes.len() * 8 {
             let mut bad = bytes.clone();
             bad[i / 8] ^= 1 << (i % 8);
-            let err = from_bytes(&bad).err().expect("payload flip detected");
+            let err = from_bytes(&bad).expect_err("payload flip detected");
             assert!(err.contains("checksum mismatch"), "{err}");
         }
     }
@@ -475,73 +544,4 @@ mod tests {
         let err = atomic_write(&missing, b"x").unwrap_err().to_string();
         assert!(err.contains("no/such/dir"), "{err}");
     }
-}
-
-/// The tensors of `net` (parameters and buffers) under `prefix.` + their names.
-pub fn net_tensors(net: &dyn crate::nn::TimeNet, prefix: &str) -> BTreeMap<String, Tensor> {
-    net.vars()
-        .iter()
-        .chain(net.buffers())
-        .map(|(name, v)| (format!("{prefix}.{name}"), v.as_tensor().clone()))
-        .collect()
-}
-
-/// Sets the parameters and buffers of `net` from `file`'s tensors named `prefix.` + name,
-/// checking every shape; values are converted to the net's dtype.
-pub fn load_net(
-    net: &dyn crate::nn::TimeNet,
-    prefix: &str,
-    file: &TensorFile,
-    path: &Path,
-) -> Result<()> {
-    for (name, var) in net.vars().iter().chain(net.buffers()) {
-        let key = format!("{prefix}.{name}");
-        let t = file.get(&key, path)?;
-        if t.dims() != var.dims() {
-            return Err(Error::checkpoint(
-                path,
-                format!(
-                    "tensor '{key}' has shape {:?}, the configured network needs {:?}",
-                    t.dims(),
-                    var.dims()
-                ),
-            ));
-        }
-        if !matches!(t.dtype(), DType::F32 | DType::F64) {
-            return Err(Error::checkpoint(
-                path,
-                format!(
-                    "tensor '{key}' has dtype {:?}, expected F32 or F64",
-                    t.dtype()
-                ),
-            ));
-        }
-        var.set(&t.to_dtype(var.dtype())?)?;
-    }
-    Ok(())
-}
-
-/// Sets only the trainable parameters of `net` from tensors named `prefix.` + name.
-pub fn load_net_vars(
-    net: &dyn crate::nn::TimeNet,
-    prefix: &str,
-    file: &TensorFile,
-    path: &Path,
-) -> Result<()> {
-    for (name, var) in net.vars() {
-        let key = format!("{prefix}.{name}");
-        let t = file.get(&key, path)?;
-        if t.dims() != var.dims() {
-            return Err(Error::checkpoint(
-                path,
-                format!(
-                    "tensor '{key}' has shape {:?}, the configured network needs {:?}",
-                    t.dims(),
-                    var.dims()
-                ),
-            ));
-        }
-        var.set(&t.to_dtype(var.dtype())?)?;
-    }
-    Ok(())
 }

@@ -57,13 +57,16 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static ALLOC: Counting = Counting;
 
+/// A format-aware mutation (None when it does not apply to the input).
+type Mutator = fn(&[u8], &mut Rng) -> Option<Vec<u8>>;
+
 /// A parser under test and its seed inputs.
 struct Target {
     name: &'static str,
     seeds: Vec<Vec<u8>>,
     run: fn(&[u8]),
     /// Extra, format-aware mutation (None: byte mutations only).
-    smart: Option<fn(&[u8], &mut Rng) -> Option<Vec<u8>>>,
+    smart: Option<Mutator>,
 }
 
 fn config_seeds() -> Vec<Vec<u8>> {
