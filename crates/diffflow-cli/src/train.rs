@@ -364,16 +364,22 @@ fn start(args: &TrainArgs) -> Result<(Trainer, PathBuf)> {
         .out
         .clone()
         .unwrap_or_else(|| PathBuf::from("runs").join(&cfg.data.dataset));
-    let data = TrainData::toy(&cfg.data, cfg.train.seed)?;
+    let data = build_data(&cfg)?;
     prepare_out(&out, args.force)?;
     atomic_write(&out.join(CONFIG_FILE), cfg.to_toml()?.as_bytes())?;
     Ok((Trainer::new(cfg, data)?, out))
 }
 
+/// The training data of a configuration: a fresh run and a resumed one must build them the
+/// same way (resume checks them against the checkpoint's standardisation).
+fn build_data(cfg: &RunConfig) -> diffflow::Result<TrainData> {
+    TrainData::toy(&cfg.data, cfg.train.seed)
+}
+
 /// A resumed run: everything from the checkpoint in `dir`, the data regenerated from its
 /// configuration; only --iters, --threads and the --on-nan options may change.
 fn resume(args: &TrainArgs, dir: &Path) -> Result<(Trainer, PathBuf)> {
-    let mut trainer = Trainer::resume_with(dir, |cfg| TrainData::toy(&cfg.data, cfg.train.seed))
+    let mut trainer = Trainer::resume_with(dir, build_data)
         .with_context(|| format!("cannot resume the run in {}", dir.display()))?;
     let before = trainer.cfg.clone();
     let mut cfg = before.clone();

@@ -64,7 +64,8 @@ type Mutator = fn(&[u8], &mut Rng) -> Option<Vec<u8>>;
 struct Target {
     name: &'static str,
     seeds: Vec<Vec<u8>>,
-    run: fn(&[u8]),
+    /// Parses the input; true when it was accepted (accepted mutants join the corpus).
+    run: fn(&[u8]) -> bool,
     /// Extra, format-aware mutation (None: byte mutations only).
     smart: Option<Mutator>,
 }
@@ -177,72 +178,57 @@ fn targets() -> Vec<Target> {
             name: "csv",
             seeds: csv_seeds(),
             run: |b| {
-                let _ = tabular::parse(b, "fuzz.csv", &tabular::LoadOptions::default());
+                let auto = tabular::parse(b, "fuzz.csv", &tabular::LoadOptions::default());
                 let opts = tabular::LoadOptions {
                     header: Some(true),
                     columns: Some(vec![1, 0, 1]),
                     ..Default::default()
                 };
-                let _ = tabular::parse(b, "fuzz.txt", &opts);
+                let explicit = tabular::parse(b, "fuzz.txt", &opts);
+                auto.is_ok() || explicit.is_ok()
             },
             smart: Some(mutate_text),
         },
         Target {
             name: "npy",
             seeds: npy_seeds(),
-            run: |b| {
-                let _ = tabular::parse(b, "fuzz.npy", &tabular::LoadOptions::default());
-            },
+            run: |b| tabular::parse(b, "fuzz.npy", &tabular::LoadOptions::default()).is_ok(),
             smart: None,
         },
         Target {
             name: "npy_gz",
             seeds: npy_seeds().iter().map(|s| gz(s)).collect(),
-            run: |b| {
-                let _ = tabular::parse(b, "fuzz.npy.gz", &tabular::LoadOptions::default());
-            },
+            run: |b| tabular::parse(b, "fuzz.npy.gz", &tabular::LoadOptions::default()).is_ok(),
             smart: Some(mutate_inside_gz),
         },
         Target {
             name: "config_toml",
             seeds: config_seeds(),
-            run: |b| {
-                if let Ok(text) = std::str::from_utf8(b) {
-                    let _ = RunConfig::from_toml(text);
-                }
-            },
+            run: |b| std::str::from_utf8(b).is_ok_and(|t| RunConfig::from_toml(t).is_ok()),
             smart: Some(mutate_text),
         },
         Target {
             name: "checkpoint",
             seeds: vec![ckpt.clone()],
-            run: |b| {
-                let _ = parse_run_bytes(b);
-            },
+            run: |b| parse_run_bytes(b).is_ok(),
             smart: Some(mutate_checkpoint),
         },
         Target {
             name: "safetensors",
             seeds: vec![ckpt],
-            run: |b| {
-                let _ = checkpoint::from_bytes(b);
-            },
-            smart: None,
+            run: |b| checkpoint::from_bytes(b).is_ok(),
+            smart: Some(mutate_checkpoint),
         },
         Target {
             name: "idx",
             seeds: idx_seeds(),
-            run: |b| {
-                let _ = idx::parse_idx(b, "fuzz");
-            },
+            run: |b| idx::parse_idx(b, "fuzz").is_ok(),
             smart: None,
         },
         Target {
             name: "idx_gz",
             seeds: idx_seeds().iter().map(|s| gz(s)).collect(),
-            run: |b| {
-                let _ = idx::read_idx_from(flate2::read::GzDecoder::new(b), "fuzz");
-            },
+            run: |b| idx::read_idx_from(flate2::read::GzDecoder::new(b), "fuzz").is_ok(),
             smart: Some(mutate_inside_gz),
         },
     ]
@@ -425,12 +411,12 @@ fn alloc_limit(input: &[u8]) -> usize {
 }
 
 /// Runs `target` on mutated inputs for `budget` (or at least `min_execs` executions).
-/// Returns the number of executions.
-fn fuzz(target: &Target, seed: u64, budget: Duration, min_execs: usize) -> usize {
+/// Returns the number of executions and how many inputs the parser accepted.
+fn fuzz(target: &Target, seed: u64, budget: Duration, min_execs: usize) -> (usize, usize) {
     let mut rng = Rng::new(seed);
     let mut corpus = target.seeds.clone();
     let t0 = Instant::now();
-    let mut execs = 0;
+    let (mut execs, mut accepted) = (0, 0);
     while execs < min_execs || t0.elapsed() < budget {
         let base = corpus[rng.below(corpus.len())].clone();
         let input = match target.smart {
@@ -445,11 +431,11 @@ fn fuzz(target: &Target, seed: u64, budget: Duration, min_execs: usize) -> usize
         execs += 1;
         let problem = match result {
             Err(_) => Some("panic".to_string()),
-            Ok(()) if largest > alloc_limit(&input) => Some(format!(
+            Ok(_) if largest > alloc_limit(&input) => Some(format!(
                 "allocation of {largest} bytes for a {}-byte input",
                 input.len()
             )),
-            Ok(()) => None,
+            Ok(_) => None,
         };
         if let Some(problem) = problem {
             let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("fuzz-findings");
@@ -462,17 +448,19 @@ fn fuzz(target: &Target, seed: u64, budget: Duration, min_execs: usize) -> usize
                 path.display()
             );
         }
-        // Keep some mutants as new bases (the corpus drifts, bounded in size).
-        if corpus.len() < 64 && rng.below(16) == 0 {
-            corpus.push(input);
-        } else if rng.below(64) == 0 {
-            let i = target.seeds.len() + rng.below(corpus.len() - target.seeds.len() + 1);
-            if i < corpus.len() {
+        // Accepted mutants become bases (valid but different inputs reach deeper than
+        // rejected ones); the corpus is bounded and the seeds stay.
+        if result.unwrap_or(false) {
+            accepted += 1;
+            if corpus.len() < 256 {
+                corpus.push(input);
+            } else {
+                let i = target.seeds.len() + rng.below(corpus.len() - target.seeds.len());
                 corpus[i] = input;
             }
         }
     }
-    execs
+    (execs, accepted)
 }
 
 #[test]
@@ -484,7 +472,10 @@ fn harness_reports_panics_and_huge_allocations() {
     let m = message(Target {
         name: "selftest_panic",
         seeds: vec![vec![1, 2, 3, 4]],
-        run: |b| assert!(b.len() == 4 || b.len() > 1000, "length changed"),
+        run: |b| {
+            assert!(b.len() == 4 || b.len() > 1000, "length changed");
+            true
+        },
         smart: None,
     });
     assert!(m.contains("selftest_panic: panic on input saved to"), "{m}");
@@ -497,6 +488,7 @@ fn harness_reports_panics_and_huge_allocations() {
                 let v = Vec::<u8>::with_capacity(1usize << (20 + b0.min(16)));
                 std::hint::black_box(v);
             }
+            true
         },
         smart: None,
     });
@@ -506,8 +498,9 @@ fn harness_reports_panics_and_huge_allocations() {
 #[test]
 fn fuzz_every_parser_briefly() {
     for t in targets() {
-        let n = fuzz(&t, 1, Duration::ZERO, 2000);
-        println!("{}: {n} executions, no finding", t.name);
+        let (n, ok) = fuzz(&t, 1, Duration::ZERO, 2000);
+        println!("{}: {n} executions ({ok} accepted), no finding", t.name);
+        assert!(ok > 0, "{}: no mutant was accepted", t.name);
     }
 }
 
@@ -523,9 +516,9 @@ fn fuzz_every_parser_long() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(7);
     for t in targets() {
-        let n = fuzz(&t, seed, Duration::from_secs(secs), 1);
+        let (n, ok) = fuzz(&t, seed, Duration::from_secs(secs), 1);
         println!(
-            "{}: {n} executions in {secs} s (seed {seed}), no finding",
+            "{}: {n} executions in {secs} s (seed {seed}; {ok} accepted), no finding",
             t.name
         );
     }
