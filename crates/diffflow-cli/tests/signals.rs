@@ -70,9 +70,43 @@ fn s(p: &Path) -> &str {
 fn sigkill_at_random_moments_always_leaves_a_loadable_resumable_run() {
     let tmp = tempfile::tempdir().unwrap();
     let config = tmp.path().join("tiny.toml");
-    write_config(&config, 400);
-    let (reference, run) = (tmp.path().join("reference"), tmp.path().join("run"));
-    let out = train(&["--config", s(&config), "--out", s(&reference)])
+    // Far more iterations than the kills leave time for, whatever the machine's speed.
+    write_config(&config, 1_000_000);
+    let run = tmp.path().join("run");
+    let mut rng = Rng::new(20240605);
+    let mut child = spawn_quiet(&["--config", s(&config), "--out", s(&run)]);
+    // A fresh run writes its step-0 checkpoint before the first iteration.
+    wait_for(&run.join(MODEL_FILE), |p| p.exists());
+    let (mut steps, mut mid_write) = (Vec::new(), 0);
+    for kill in 1..=24 {
+        std::thread::sleep(Duration::from_micros((rng.uniform() * 120_000.0) as u64));
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        // Killed while writing a checkpoint: its temp file is left beside the intact one.
+        let temp = std::fs::read_dir(&run).unwrap().any(|e| {
+            let name = e.unwrap().file_name();
+            name.to_string_lossy().starts_with(".model.safetensors.tmp")
+        });
+        mid_write += usize::from(temp);
+        // The folder loads and resumes, whatever the moment of the kill.
+        let loaded = load_run(&run, None).unwrap_or_else(|e| panic!("kill {kill}: {e}"));
+        let trainer = Trainer::resume_with(&run, |c| TrainData::toy(&c.data, c.train.seed))
+            .unwrap_or_else(|e| panic!("kill {kill}: {e}"));
+        assert_eq!(trainer.step, loaded.step);
+        steps.push(loaded.step);
+        if kill < 24 {
+            child = spawn_quiet(&["--resume", s(&run)]);
+        }
+    }
+    println!(
+        "24 SIGKILLs ({mid_write} left a checkpoint temp file); checkpoint step after each: \
+         {steps:?}"
+    );
+    assert!(steps.windows(2).all(|w| w[0] <= w[1]), "{steps:?}");
+    // Finish 15 iterations past the last checkpoint: the run ends exactly as one of that
+    // length that was never interrupted, with no temp file left.
+    let total = (steps[23] + 15).to_string();
+    let out = train(&["--resume", s(&run), "--iters", &total])
         .output()
         .unwrap();
     assert!(
@@ -80,43 +114,22 @@ fn sigkill_at_random_moments_always_leaves_a_loadable_resumable_run() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-
-    let mut rng = Rng::new(20240605);
-    let mut child = spawn_quiet(&["--config", s(&config), "--out", s(&run)]);
-    // A fresh run writes its step-0 checkpoint before the first iteration.
-    wait_for(&run.join(MODEL_FILE), |p| p.exists());
-    let (mut kills, mut steps, mut mid_write) = (0, Vec::new(), 0);
-    while kills < 24 {
-        std::thread::sleep(Duration::from_micros((rng.uniform() * 120_000.0) as u64));
-        if child.try_wait().unwrap().is_some() {
-            break; // finished before the kill: the final check covers it
-        }
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
-        kills += 1;
-        // Killed while writing a checkpoint: its temp file is left beside the intact one.
-        let temp = std::fs::read_dir(&run).unwrap().any(|e| {
-            let name = e.unwrap().file_name();
-            name.to_string_lossy().starts_with(".model.safetensors.tmp")
-        });
-        mid_write += usize::from(temp);
-        // The folder loads (both weights) and resumes, whatever the moment of the kill.
-        let loaded = load_run(&run, None).unwrap_or_else(|e| panic!("kill {kills}: {e}"));
-        let trainer = Trainer::resume_with(&run, |c| TrainData::toy(&c.data, c.train.seed))
-            .unwrap_or_else(|e| panic!("kill {kills}: {e}"));
-        assert_eq!(trainer.step, loaded.step);
-        steps.push(loaded.step);
-        child = spawn_quiet(&["--resume", s(&run)]);
-    }
-    let status = child.wait().unwrap();
-    assert!(status.success(), "last resume: {status}");
-    println!(
-        "{kills} SIGKILLs ({mid_write} left a checkpoint temp file); checkpoint step after \
-         each: {steps:?}"
+    let reference = tmp.path().join("reference");
+    let out = train(&[
+        "--config",
+        s(&config),
+        "--iters",
+        &total,
+        "--out",
+        s(&reference),
+    ])
+    .output()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
-    assert!(kills >= 20, "only {kills} kills before the run finished");
-    assert!(steps.windows(2).all(|w| w[0] <= w[1]), "{steps:?}");
-    // The run ends exactly as the uninterrupted one, with no temp files left.
     assert_eq!(read(&run, METRICS_FILE), read(&reference, METRICS_FILE));
     assert_eq!(read(&run, MODEL_FILE), read(&reference, MODEL_FILE));
     let mut names: Vec<String> = std::fs::read_dir(&run)
