@@ -11,6 +11,7 @@ pub mod config;
 pub mod data;
 pub mod error;
 pub mod flow;
+pub mod gaussian;
 pub mod likelihood;
 pub mod nn;
 pub mod ode;
@@ -19,5 +20,6 @@ pub mod rng;
 pub mod sample;
 pub mod sde;
 pub mod train;
+pub mod validation;
 
 pub use error::{Error, Result};
