@@ -1,5 +1,6 @@
 //! `diffflow`: train, sample and evaluate Diffusion Normalizing Flow models.
 
+mod bench_tabular;
 mod eval;
 mod plot;
 mod progress;
@@ -22,12 +23,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Train a DiffFlow model on a built-in 2-D data set.
+    /// Train a DiffFlow model on a built-in 2-D data set or a data file (--data).
     Train(train::TrainArgs),
     /// Draw samples from a trained model (SDE(lambda) or probability-flow ODE).
     Sample(sample::SampleArgs),
     /// Likelihood of data under a trained model: probability-flow NLL and negative ELBO.
     Eval(eval::EvalArgs),
+    /// The tabular table: DiffFlow, baselines and a Gaussian on MINIBOONE and digits.
+    BenchTabular(bench_tabular::BenchTabularArgs),
 }
 
 fn main() -> ExitCode {
@@ -36,6 +39,7 @@ fn main() -> ExitCode {
         Command::Train(args) => train::run(args),
         Command::Sample(args) => sample::run(args),
         Command::Eval(args) => eval::run(args),
+        Command::BenchTabular(args) => bench_tabular::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

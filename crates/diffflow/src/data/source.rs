@@ -396,8 +396,38 @@ pub fn prepare(src: &FileSource, rng: &mut Rng) -> Result<Prepared> {
         train.rows, val.rows, test.rows
     )];
 
-    // Constant columns, judged on the training split.
-    let (train_kept, kept) = drop_constant_columns(&train);
+    // Constant columns: those constant on every row read (a property of the data set, as in
+    // MAF's preprocessing), and those constant on the training split only unless they are
+    // dequantised (they could not be standardised; a dequantised one is kept, its training
+    // density being that of the noise).
+    let mut all = train.clone();
+    all.data.extend_from_slice(&val.data);
+    all.data.extend_from_slice(&test.data);
+    all.rows += val.rows + test.rows;
+    let (_, varying_all) = drop_constant_columns(&all);
+    let (_, varying_train) = drop_constant_columns(&train);
+    let integer: Vec<usize> = match src.dequantize {
+        Dequantize::Off => Vec::new(),
+        mode => {
+            let cols: Vec<usize> = integer_columns(&train)
+                .into_iter()
+                .filter(|c| varying_all.contains(c))
+                .collect();
+            if cols.is_empty() && mode == Dequantize::On {
+                return Err(Error::data(format!(
+                    "{}: dequantize = on, but no non-constant column is integer-valued on the \
+                     training split",
+                    src.path.display()
+                )));
+            }
+            cols
+        }
+    };
+    let kept: Vec<usize> = varying_all
+        .iter()
+        .copied()
+        .filter(|c| varying_train.contains(c) || integer.contains(c))
+        .collect();
     if kept.is_empty() {
         return Err(Error::data(format!(
             "{}: every column is constant on the {} training rows: nothing to model",
@@ -409,7 +439,32 @@ pub fn prepare(src: &FileSource, rng: &mut Rng) -> Result<Prepared> {
         .filter(|c| !kept.contains(c))
         .map(|c| (c, train.row(0)[c]))
         .collect();
-    let train = train_kept;
+    let list = |cols: &mut dyn Iterator<Item = usize>| -> Vec<String> {
+        cols.map(|c| format!("{c} (= {})", train.row(0)[c])).collect()
+    };
+    let everywhere = list(&mut (0..width).filter(|c| !varying_all.contains(c)));
+    let train_only = list(
+        &mut varying_all
+            .iter()
+            .copied()
+            .filter(|c| !varying_train.contains(c) && !kept.contains(c)),
+    );
+    let kept_const = list(
+        &mut kept
+            .iter()
+            .copied()
+            .filter(|c| !varying_train.contains(c)),
+    );
+    for (cols, what) in [
+        (everywhere, "dropped, constant on every row"),
+        (train_only, "dropped, constant on the training split"),
+        (kept_const, "kept (dequantised) though constant on the training split"),
+    ] {
+        if !cols.is_empty() {
+            notes.push(format!("{} column(s) {what}: {}", cols.len(), cols.join(", ")));
+        }
+    }
+    let train = train.select_columns(&kept)?;
     let mut columns = ColumnMap {
         width,
         kept: kept.clone(),
@@ -419,18 +474,6 @@ pub fn prepare(src: &FileSource, rng: &mut Rng) -> Result<Prepared> {
     };
     let (mut val_k, val_off) = columns.reduce(&val)?;
     let (mut test_k, test_off) = columns.reduce(&test)?;
-    if !columns.constants.is_empty() {
-        let list: Vec<String> = columns
-            .constants
-            .iter()
-            .map(|(c, v)| format!("{c} (= {v})"))
-            .collect();
-        notes.push(format!(
-            "dropped {} column(s) constant on the training split: {}",
-            list.len(),
-            list.join(", ")
-        ));
-    }
     if val_off + test_off > 0 {
         notes.push(format!(
             "{val_off} validation and {test_off} test rows differ from the training constant in \
@@ -440,19 +483,7 @@ pub fn prepare(src: &FileSource, rng: &mut Rng) -> Result<Prepared> {
 
     // Dequantisation of integer columns: fixed noise for the held-out points.
     let dim = kept.len();
-    let deq = match src.dequantize {
-        Dequantize::Off => Vec::new(),
-        mode => {
-            let cols = integer_columns(&train);
-            if cols.is_empty() && mode == Dequantize::On {
-                return Err(Error::data(format!(
-                    "{}: dequantize = on, but no column is integer-valued on the training split",
-                    src.path.display()
-                )));
-            }
-            cols
-        }
-    };
+    let deq: Vec<usize> = (0..dim).filter(|&k| integer.contains(&kept[k])).collect();
     for (x, rows) in [(&mut val_k, val.rows), (&mut test_k, test.rows)] {
         let mut t = Table {
             data: std::mem::take(x),
@@ -486,13 +517,283 @@ pub fn prepare(src: &FileSource, rng: &mut Rng) -> Result<Prepared> {
 
 /// Standardisation of the training points `x` [n, d] with the exact moments of the
 /// dequantised columns `deq`: for `x + u`, `u ~ U[0, 1)` independent, mean `+ 1/2`,
-/// variance `+ 1/12`.
+/// variance `+ 1/12` (so a dequantised column may be constant in `x`). Population moments,
+/// as [`Standardizer::fit`]. Errors on empty or non-finite data or a zero variance.
 pub fn fit_standardizer(x: &[f64], d: usize, deq: &[usize]) -> Result<Standardizer> {
-    let mut s = Standardizer::fit(x, d)?;
-    for &k in deq {
-        s.mean[k] += 0.5;
-        s.std[k] = (s.std[k] * s.std[k] + 1.0 / 12.0).sqrt();
+    if d == 0 || x.is_empty() || x.len() % d != 0 {
+        return Err(Error::data(format!(
+            "standardisation: {} values do not make rows of {d} columns",
+            x.len()
+        )));
     }
+    if let Some(i) = x.iter().position(|v| !v.is_finite()) {
+        return Err(Error::data(format!(
+            "standardisation: non-finite value {} at row {}, column {}",
+            x[i],
+            i / d,
+            i % d
+        )));
+    }
+    let n = (x.len() / d) as f64;
+    let mut mean = vec![0.0; d];
+    for row in x.chunks_exact(d) {
+        for (m, v) in mean.iter_mut().zip(row) {
+            *m += v;
+        }
+    }
+    mean.iter_mut().for_each(|m| *m /= n);
+    let mut var = vec![0.0; d];
+    for row in x.chunks_exact(d) {
+        for k in 0..d {
+            var[k] += (row[k] - mean[k]).powi(2);
+        }
+    }
+    for k in 0..d {
+        var[k] /= n;
+        // A constant column's mean is inexact: its variance is exactly 0.
+        if x.chunks_exact(d).all(|r| r[k] == x[k]) {
+            var[k] = 0.0;
+        }
+    }
+    for &k in deq {
+        mean[k] += 0.5;
+        var[k] += 1.0 / 12.0;
+    }
+    let s = Standardizer {
+        mean,
+        std: var.iter().map(|v| v.sqrt()).collect(),
+    };
     s.validate()?;
     Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn column_specs() {
+        assert_eq!(parse_columns("0-3,7").unwrap(), vec![0, 1, 2, 3, 7]);
+        assert_eq!(parse_columns(" 5 ").unwrap(), vec![5]);
+        assert_eq!(parse_columns("2,0").unwrap(), vec![2, 0]);
+        for (bad, want) in [
+            ("3-1", "runs backwards"),
+            ("a", "not a column index"),
+            ("1,,2", "not a column index"),
+            ("-1", "not a column index"),
+            ("0-99999999999", "more than 100000"),
+        ] {
+            let e = parse_columns(bad).unwrap_err();
+            assert!(e.contains(want), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn fractions_and_bad_sources() {
+        let mut s = FileSource::new("x.csv");
+        assert_eq!(s.fractions(), (0.8, 0.1, 0.1));
+        s.test = Some("t.csv".into());
+        assert_eq!(s.fractions(), (0.9, 0.1, 0.0));
+        s.validate().unwrap();
+        s.test_fraction = Some(0.2);
+        let e = s.validate().unwrap_err().to_string();
+        assert!(e.contains("data.file.test_fraction"), "{e}");
+        let mut s = FileSource::new("x.csv");
+        s.val_fraction = Some(0.5);
+        s.test_fraction = Some(0.5);
+        assert!(s.validate().unwrap_err().to_string().contains("no training rows"));
+        s.val_fraction = Some(1.5);
+        assert!(s.validate().unwrap_err().to_string().contains("[0, 1)"));
+        let mut s = FileSource::new("x.csv");
+        s.delimiter = Some('x');
+        assert!(s.validate().unwrap_err().to_string().contains("delimiter"));
+        s.delimiter = None;
+        s.columns = Some("1-0".into());
+        assert!(s.validate().unwrap_err().to_string().contains("data.file.columns"));
+    }
+
+    #[test]
+    fn column_map_reduces_expands_and_validates() {
+        let map = ColumnMap {
+            width: 4,
+            kept: vec![1, 3],
+            constants: vec![(0, 7.0), (2, -1.0)],
+            dequantized: vec![1],
+            names: None,
+        };
+        map.validate(2).unwrap();
+        let full = Table {
+            data: vec![7.0, 1.0, -1.0, 2.0, 7.0, 3.0, 5.0, 4.0],
+            rows: 2,
+            cols: 4,
+            names: None,
+        };
+        let (x, off) = map.reduce(&full).unwrap();
+        assert_eq!((x.clone(), off), (vec![1.0, 2.0, 3.0, 4.0], 1));
+        assert_eq!(
+            map.expand(&x),
+            vec![7.0, 1.0, -1.0, 2.0, 7.0, 3.0, -1.0, 4.0]
+        );
+        // A table of the modelled columns is taken as it is; another width is an error.
+        let modelled = Table {
+            data: x.clone(),
+            rows: 2,
+            cols: 2,
+            names: None,
+        };
+        assert_eq!(map.reduce(&modelled).unwrap(), (x, 0));
+        let three = Table {
+            data: vec![0.0; 3],
+            rows: 1,
+            cols: 3,
+            names: None,
+        };
+        let e = map.reduce(&three).unwrap_err().to_string();
+        assert!(e.contains("give 4 or 2 columns"), "{e}");
+        // Inconsistent maps (a hostile checkpoint).
+        let broken = [
+            ColumnMap {
+                kept: vec![1, 1],
+                ..map.clone()
+            },
+            ColumnMap {
+                kept: vec![3, 1],
+                ..map.clone()
+            },
+            ColumnMap {
+                width: 5,
+                ..map.clone()
+            },
+            ColumnMap {
+                constants: vec![(0, f64::NAN), (2, 0.0)],
+                ..map.clone()
+            },
+            ColumnMap {
+                dequantized: vec![2],
+                ..map.clone()
+            },
+            ColumnMap {
+                names: Some(vec!["a".into()]),
+                ..map.clone()
+            },
+        ];
+        for b in broken {
+            assert!(b.validate(2).is_err(), "{b:?}");
+        }
+        assert!(map.validate(3).is_err());
+    }
+
+    #[test]
+    fn standardizer_has_the_moments_of_the_dequantised_data() {
+        // Column 0: 0, 1, 2, 3 (mean 1.5, var 1.25); column 1: constant 4 (var 0).
+        let x = [0.0, 4.0, 1.0, 4.0, 2.0, 4.0, 3.0, 4.0];
+        let s = fit_standardizer(&x, 2, &[0, 1]).unwrap();
+        assert_eq!(s.mean, vec![2.0, 4.5]);
+        assert!((s.std[0] - (1.25f64 + 1.0 / 12.0).sqrt()).abs() < 1e-15);
+        assert!((s.std[1] - (1.0f64 / 12.0).sqrt()).abs() < 1e-15);
+        // Without dequantisation the constant column cannot be standardised.
+        let e = fit_standardizer(&x, 2, &[0]).unwrap_err().to_string();
+        assert!(e.contains("column 1 has zero standard deviation"), "{e}");
+        // Monte Carlo check of the closed form: x + u over many draws.
+        let mut rng = Rng::new(3);
+        let n = 200_000;
+        let y: Vec<f64> = (0..n).map(|i| (i % 4) as f64 + rng.uniform()).collect();
+        let m = y.iter().sum::<f64>() / n as f64;
+        let v = y.iter().map(|a| (a - m).powi(2)).sum::<f64>() / n as f64;
+        assert!((m - 2.0).abs() < 0.005 && (v.sqrt() - s.std[0]).abs() < 0.005);
+    }
+
+    /// Writes `text` to a temporary `name` and returns its folder and path.
+    fn file(name: &str, text: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        (dir, p)
+    }
+
+    #[test]
+    fn pipeline_drops_constants_dequantises_and_splits() {
+        // Columns: a (continuous), b (constant 5 everywhere), c (integers), d (label, not
+        // selected). 20 rows.
+        let mut text = String::from("a,b,c,label\n");
+        for i in 0..20 {
+            text += &format!("{},5,{},x\n", 0.5 * i as f64 + 0.1, i % 3);
+        }
+        let (_dir, path) = file("t.csv", &text);
+        let mut src = FileSource::new(&path);
+        src.columns = Some("0-2".into());
+        src.val_fraction = Some(0.25);
+        src.test_fraction = Some(0.25);
+        let p = prepare(&src, &mut Rng::new(1)).unwrap();
+        assert_eq!(p.dim, 2);
+        assert_eq!((p.train.len() / 2, p.val.len() / 2, p.test.len() / 2), (10, 5, 5));
+        assert_eq!(p.columns.kept, vec![0, 2]);
+        assert_eq!(p.columns.constants, vec![(1, 5.0)]);
+        assert_eq!(p.columns.dequantized, vec![1]);
+        assert_eq!(
+            p.columns.names,
+            Some(vec!["a".to_string(), "b".into(), "c".into()])
+        );
+        // Training rows keep their integers; held-out ones have integer + U[0, 1) noise.
+        assert!(p.train.chunks(2).all(|r| r[1].fract() == 0.0));
+        let held: Vec<f64> = p.val.iter().chain(&p.test).copied().collect();
+        assert!(held.chunks(2).all(|r| r[1].fract() > 0.0 && r[1] < 3.0));
+        // Column a is untouched and every row appears in exactly one split.
+        let mut a: Vec<f64> = p
+            .train
+            .iter()
+            .chain(&held)
+            .step_by(2)
+            .copied()
+            .collect();
+        a.sort_by(f64::total_cmp);
+        let want: Vec<f64> = (0..20).map(|i| 0.5 * i as f64 + 0.1).collect();
+        assert_eq!(a, want);
+        // Standardisation from the training split only.
+        let s = fit_standardizer(&p.train, 2, &[1]).unwrap();
+        assert_eq!(p.standardizer, s);
+        // Same seed, same result; dequantisation off keeps the integers.
+        let q = prepare(&src, &mut Rng::new(1)).unwrap();
+        assert_eq!((q.val, q.test), (p.val.clone(), p.test.clone()));
+        src.dequantize = Dequantize::Off;
+        let r = prepare(&src, &mut Rng::new(1)).unwrap();
+        assert!(r.columns.dequantized.is_empty());
+        assert!(r.val.chunks(2).all(|row| row[1].fract() == 0.0));
+        // On with no integer column is an error.
+        src.columns = Some("0".into());
+        src.dequantize = Dequantize::On;
+        let e = prepare(&src, &mut Rng::new(1)).unwrap_err().to_string();
+        assert!(e.contains("no non-constant column is integer-valued"), "{e}");
+    }
+
+    #[test]
+    fn columns_constant_on_the_training_split_only() {
+        // Column 0 varies; column 1 (continuous, 0.25) and column 2 (integer, 0) are constant
+        // except in the test file.
+        let mut train = String::new();
+        for i in 0..10 {
+            train += &format!("{},0.25,0\n", i as f64 * 0.3);
+        }
+        let (_d1, path) = file("train.csv", &train);
+        let (_d2, val) = file("val.csv", "0.1,0.25,0\n0.2,0.25,0\n");
+        let (_d3, test) = file("test.csv", "0.4,0.7,3\n");
+        let mut src = FileSource::new(&path);
+        src.validation = Some(val);
+        src.test = Some(test);
+        let p = prepare(&src, &mut Rng::new(0)).unwrap();
+        // Column 1 cannot be standardised: dropped; column 2 is dequantised: kept.
+        assert_eq!(p.columns.kept, vec![0, 2]);
+        assert_eq!(p.columns.constants, vec![(1, 0.25)]);
+        assert_eq!(p.columns.dequantized, vec![1]);
+        assert!(p.notes.iter().any(|n| n.contains("1 test rows differ")), "{:?}", p.notes);
+        assert!(p
+            .notes
+            .iter()
+            .any(|n| n.contains("kept (dequantised) though constant")));
+        // Wrong width in a given file.
+        let (_d4, bad) = file("bad.csv", "1,2\n");
+        src.test = Some(bad);
+        let e = prepare(&src, &mut Rng::new(0)).unwrap_err().to_string();
+        assert!(e.contains("2 columns, but the data file"), "{e}");
+    }
 }
