@@ -342,6 +342,8 @@ fn load_points(
                     };
                     match tabular::load(path, &plain) {
                         Ok(t) if fits(&t) => t,
+                        // Readable, of another width: the column map's error says which fit.
+                        Ok(t) if first.is_err() => t,
                         _ => first.with_context(ctx)?,
                     }
                 }
@@ -472,10 +474,10 @@ pub fn run(args: EvalArgs) -> Result<()> {
             data.standardizer.invert(&mut test);
             let n = args.n.unwrap_or(5000).min(test.len() / d);
             test.truncate(n * d);
-            let name = if cfg.data.file.is_some() {
-                format!("{split} split")
-            } else {
-                "held-out points".into()
+            let name = match (cfg.data.file.is_some(), split) {
+                (false, _) => "held-out points",
+                (true, "val") => "validation split",
+                (true, _) => "test split",
             };
             (test, format!("{} {name} of {}", n, cfg.data.dataset))
         }

@@ -388,7 +388,14 @@ pub fn prepare(src: &FileSource, rng: &mut Rng) -> Result<Prepared> {
     };
     let val_file = extra(&src.validation, "validation")?;
     let test_file = extra(&src.test, "test")?;
-    let (train, val, test) = split(&main, src.fractions(), rng)?;
+    let (train, val, test) = split(&main, src.fractions(), rng).map_err(|e| {
+        Error::data(format!(
+            "{} ({} rows): {}",
+            src.path.display(),
+            main.rows,
+            e.to_string().trim_start_matches("invalid data: ")
+        ))
+    })?;
     let val = val_file.unwrap_or(val);
     let test = test_file.unwrap_or(test);
     let mut notes = vec![format!(
