@@ -199,7 +199,10 @@ pub fn run(args: BenchTabularArgs) -> Result<()> {
     }
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot create {}", args.out.display()))?;
-    let threads = args.threads.unwrap_or_else(crate::eval::default_threads).max(1);
+    let threads = args
+        .threads
+        .unwrap_or_else(crate::eval::default_threads)
+        .max(1);
     let mut results = Results {
         command: std::env::args().collect::<Vec<_>>().join(" "),
         seed: args.seed,
@@ -217,8 +220,8 @@ pub fn run(args: BenchTabularArgs) -> Result<()> {
         if let Some(n) = args.iters {
             cfg.train.iters = n;
         }
-        let data = TrainData::from_config(&cfg)
-            .with_context(|| format!("cannot prepare {}", set.name))?;
+        let data =
+            TrainData::from_config(&cfg).with_context(|| format!("cannot prepare {}", set.name))?;
         let d = data.dim;
         cfg.model.net.width = tabular_width(d);
         cfg.data.train_size = data.len();
@@ -242,7 +245,10 @@ pub fn run(args: BenchTabularArgs) -> Result<()> {
             eprintln!("   {n}");
         }
         results.sets.push(info);
-        let n_test = args.test_points.unwrap_or(usize::MAX).min(data.test.len() / d);
+        let n_test = args
+            .test_points
+            .unwrap_or(usize::MAX)
+            .min(data.test.len() / d);
         let test = &data.test[..n_test * d];
         results.rows.push(gaussian_row(set.name, &data, test)?);
         let out = args.out.join(set.name).join("diffflow");

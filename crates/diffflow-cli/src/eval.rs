@@ -459,8 +459,8 @@ pub fn run(args: EvalArgs) -> Result<()> {
             (pts, format!("{name} ({n} fresh points, seed {seed})"))
         }
         (None, None) => {
-            let data = TrainData::from_config(cfg)
-                .context("cannot rebuild the run's held-out points")?;
+            let data =
+                TrainData::from_config(cfg).context("cannot rebuild the run's held-out points")?;
             let split = args.split.as_deref().unwrap_or("test");
             let mut test = match split {
                 "test" => data.test,
@@ -687,14 +687,18 @@ mod tests {
             }
         }
         let (t0, t1) = (0.01, 0.6);
-        let model = GaussianFlow::new(&u, &[2.0, -1.0, 0.0], &[0.5, -0.3, 1.2], 0.6, t0, t1).unwrap();
+        let model =
+            GaussianFlow::new(&u, &[2.0, -1.0, 0.0], &[0.5, -0.3, 1.2], 0.6, t0, t1).unwrap();
         let flow = model.flow().unwrap();
         let (mu, sigma) = (model.mean_at(t0), model.cov_at(t0));
         let std = Standardizer {
             mean: vec![10.0, -3.0, 0.5],
             std: vec![0.2, 7.0, 1.5],
         };
-        assert!(std.log_abs_det().abs() > 0.7, "a non-trivial standardisation");
+        assert!(
+            std.log_abs_det().abs() > 0.7,
+            "a non-trivial standardisation"
+        );
         // Points in standardised units drawn from the model, then mapped to original units.
         let gy = Gaussian::new(mu.clone(), &sigma).unwrap();
         let mut rng = Rng::new(5);
@@ -702,8 +706,8 @@ mod tests {
         let mut y = Vec::with_capacity(3 * n);
         for _ in 0..n {
             let e = rng.normals(3);
-            for i in 0..3 {
-                y.push(mu[i] + (0..=i).map(|k| gy.chol[i * 3 + k] * e[k]).sum::<f64>());
+            for (i, m) in mu.iter().enumerate() {
+                y.push(m + (0..=i).map(|k| gy.chol[i * 3 + k] * e[k]).sum::<f64>());
             }
         }
         let mut x = y.clone();
@@ -738,7 +742,12 @@ mod tests {
             assert!((got[0] - w).abs() < 1e-4, "point {i}: {} vs {w}", got[0]);
         }
         let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
-        assert!((r.nll - mean(&want)).abs() < 1e-4, "{} vs {}", r.nll, mean(&want));
+        assert!(
+            (r.nll - mean(&want)).abs() < 1e-4,
+            "{} vs {}",
+            r.nll,
+            mean(&want)
+        );
         assert!((r.nll_standardised - mean(&want_std)).abs() < 1e-4);
         assert!((r.nll - r.nll_standardised + std.log_abs_det()).abs() < 1e-12);
         assert!(

@@ -24,7 +24,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Train a DiffFlow model on a built-in 2-D data set or a data file (--data).
-    Train(train::TrainArgs),
+    Train(Box<train::TrainArgs>),
     /// Draw samples from a trained model (SDE(lambda) or probability-flow ODE).
     Sample(sample::SampleArgs),
     /// Likelihood of data under a trained model: probability-flow NLL and negative ELBO.
@@ -36,7 +36,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Train(args) => train::run(args),
+        Command::Train(args) => train::run(*args),
         Command::Sample(args) => sample::run(args),
         Command::Eval(args) => eval::run(args),
         Command::BenchTabular(args) => bench_tabular::run(args),

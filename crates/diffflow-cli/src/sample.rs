@@ -107,7 +107,12 @@ pub fn run(args: SampleArgs) -> Result<()> {
         .map(str::parse::<Weights>)
         .transpose()?;
     let run = crate::eval::load_model(&args.run, args.checkpoint.as_deref(), weights)?;
-    if args.quantize && run.columns.as_ref().is_none_or(|c| c.dequantized.is_empty()) {
+    if args.quantize
+        && run
+            .columns
+            .as_ref()
+            .is_none_or(|c| c.dequantized.is_empty())
+    {
         bail!("--quantize: the run has no dequantised columns");
     }
     let cfg = &run.cfg;

@@ -36,8 +36,18 @@ fn small_csv(dir: &Path) -> PathBuf {
 }
 
 const TINY: [&str; 12] = [
-    "--iters", "30", "--width", "16", "--depth", "1", "--batch", "64", "--steps", "4",
-    "--threads", "1",
+    "--iters",
+    "30",
+    "--width",
+    "16",
+    "--depth",
+    "1",
+    "--batch",
+    "64",
+    "--steps",
+    "4",
+    "--threads",
+    "1",
 ];
 
 fn train(data: &Path, out: &Path, extra: &[&str]) -> Output {
@@ -68,14 +78,21 @@ fn train_eval_sample_on_a_csv_in_original_columns() {
         &["--columns", "0-3", "--validate-every", "10"],
     ));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("1 column(s) dropped, constant on every row: 1 (= 3)"), "{err}");
+    assert!(
+        err.contains("1 column(s) dropped, constant on every row: 1 (= 3)"),
+        "{err}"
+    );
     assert!(err.contains("dequantised 1 integer-valued column"), "{err}");
     assert!(err.contains("best checkpoint of iteration"), "{err}");
     let config = std::fs::read_to_string(run.join("config.toml")).unwrap();
     assert!(config.contains("[data.file]") && config.contains("columns = \"0-3\""));
     assert!(run.join("best.safetensors").exists());
     let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
-    assert_eq!(metrics.matches("\"val_metric\":\"elbo\"").count(), 3, "{metrics}");
+    assert_eq!(
+        metrics.matches("\"val_metric\":\"elbo\"").count(),
+        3,
+        "{metrics}"
+    );
     assert!(metrics.contains("\"model_step\""), "{metrics}");
 
     // eval on the raw file: same columns, constant dropped, integers dequantised.
@@ -92,15 +109,30 @@ fn train_eval_sample_on_a_csv_in_original_columns() {
         r["nll_standardised"].as_f64().unwrap(),
         r["log_abs_det"].as_f64().unwrap(),
     );
-    assert!(nll.is_finite() && (nll - (nll_std - ld)).abs() < 1e-9, "{r}");
+    assert!(
+        nll.is_finite() && (nll - (nll_std - ld)).abs() < 1e-9,
+        "{r}"
+    );
     assert_eq!(r["n"], 150);
     assert_eq!(r["dim"], 3);
     assert_eq!(r["checkpoint"], "best.safetensors");
     let notes = r["notes"].to_string();
-    assert!(notes.contains("DEQUANTISED") && notes.contains("added U[0, 1) noise"), "{notes}");
+    assert!(
+        notes.contains("DEQUANTISED") && notes.contains("added U[0, 1) noise"),
+        "{notes}"
+    );
     // The text report labels both units.
     let text = ok(bin()
-        .args(["eval", "--trajectories", "0", "--checkpoint", "last", "--split", "val", "--run"])
+        .args([
+            "eval",
+            "--trajectories",
+            "0",
+            "--checkpoint",
+            "last",
+            "--split",
+            "val",
+            "--run",
+        ])
         .arg(&run)
         .output()
         .unwrap());
@@ -152,7 +184,12 @@ fn train_eval_sample_on_a_csv_in_original_columns() {
         .arg(&three)
         .output()
         .unwrap()));
-    assert!(r["notes"].to_string().contains("taken as already dequantised"), "{r}");
+    assert!(
+        r["notes"]
+            .to_string()
+            .contains("taken as already dequantised"),
+        "{r}"
+    );
     // A file of another width: the error says which widths fit.
     let two = tmp.path().join("two.npy");
     save_npy(&two, &[0.0; 4], 2, 2).unwrap();
@@ -164,7 +201,10 @@ fn train_eval_sample_on_a_csv_in_original_columns() {
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("give 4 or 3 columns"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("give 4 or 3 columns"),
+        "{err}"
+    );
 
     // Resume from another folder: the data file's path is absolute.
     let other = tmp.path().join("elsewhere");
@@ -189,7 +229,10 @@ fn refused(tmp: &Path, file: &Path, want: &str) {
     assert!(!out.status.success(), "should fail: {err}");
     assert!(!err.contains("panicked"), "{err}");
     assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
-    assert!(err.contains(&*file.file_name().unwrap().to_string_lossy()), "{err}");
+    assert!(
+        err.contains(&*file.file_name().unwrap().to_string_lossy()),
+        "{err}"
+    );
     assert!(err.contains(want), "expected '{want}' in: {err}");
     assert!(!out_dir.exists(), "nothing written for {}", file.display());
 }
@@ -213,8 +256,16 @@ fn bad_data_files_are_one_line_errors_with_the_place() {
         &text("word.csv", "1,2\n3,4\n5,abc\n"),
         "line 3, column 2 of 2: \"abc\" is not a number",
     );
-    refused(t, &text("nan.csv", "1,2\nnan,4\n"), "line 2, column 1 of 2: non-finite value");
-    refused(t, &text("inf.tsv", "1\t2\n3\t-inf\n"), "line 2, column 2 of 2: non-finite value");
+    refused(
+        t,
+        &text("nan.csv", "1,2\nnan,4\n"),
+        "line 2, column 1 of 2: non-finite value",
+    );
+    refused(
+        t,
+        &text("inf.tsv", "1\t2\n3\t-inf\n"),
+        "line 2, column 2 of 2: non-finite value",
+    );
     refused(t, &text("empty.csv", "# only a comment\n"), "no data rows");
     refused(t, &text("data.xlsx", "1,2\n"), "unknown file type");
     // .npy: a NaN (byte offset), a wrong dtype, a truncated file.
@@ -242,7 +293,11 @@ fn bad_data_files_are_one_line_errors_with_the_place() {
         "truncated: shape (3, 2) of '<f8' needs 48 bytes from byte offset 128, but only 43",
     );
     std::fs::write(t.join("cut2.npy"), &bytes[..60]).unwrap();
-    refused(t, &t.join("cut2.npy"), "truncated: the header at byte offset 10");
+    refused(
+        t,
+        &t.join("cut2.npy"),
+        "truncated: the header at byte offset 10",
+    );
     // A truncated .gz.
     let table = Table {
         data: (0..400).map(|i| i as f64 * 0.37).collect(),
@@ -258,9 +313,20 @@ fn bad_data_files_are_one_line_errors_with_the_place() {
     // Bad options: a column out of range, all columns constant.
     let out = train(&gz, &t.join("run-cols"), &["--columns", "0-5"]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("selected column 2 out of range"), "{err}");
-    refused(t, &text("flat.csv", &"1,2\n".repeat(20)), "every column is constant");
-    refused(t, &text("three.csv", "1,2\n2,1\n1,3\n"), "gives no validation rows");
+    assert!(
+        !out.status.success() && err.contains("selected column 2 out of range"),
+        "{err}"
+    );
+    refused(
+        t,
+        &text("flat.csv", &"1,2\n".repeat(20)),
+        "every column is constant",
+    );
+    refused(
+        t,
+        &text("three.csv", "1,2\n2,1\n1,3\n"),
+        "gives no validation rows",
+    );
     let out = bin()
         .args(["train", "--columns", "0-1", "--out"])
         .arg(t.join("run-nodata"))

@@ -98,11 +98,12 @@ impl Gaussian {
             .map(|row| {
                 // Forward substitution: L z = x − μ.
                 for i in 0..d {
-                    let mut s = row[i] - self.mean[i];
-                    for j in 0..i {
-                        s -= self.chol[i * d + j] * z[j];
-                    }
-                    z[i] = s / self.chol[i * d + i];
+                    let dot: f64 = self.chol[i * d..i * d + i]
+                        .iter()
+                        .zip(&z[..i])
+                        .map(|(l, v)| l * v)
+                        .sum();
+                    z[i] = (row[i] - self.mean[i] - dot) / self.chol[i * d + i];
                 }
                 0.5 * z.iter().map(|v| v * v).sum::<f64>() + konst
             })
@@ -120,7 +121,7 @@ fn cholesky(a: &[f64], d: usize) -> Result<Vec<f64>> {
                 s -= l[i * d + k] * l[j * d + k];
             }
             if i == j {
-                if !(s > 0.0) {
+                if s.is_nan() || s <= 0.0 {
                     return Err(Error::data(format!(
                         "Gaussian: the covariance is not positive definite (pivot {i} is {s:e}; \
                          a constant or collinear column?)"
@@ -161,11 +162,7 @@ mod tests {
         let g = Gaussian::fit(&x, 2).unwrap();
         assert_eq!(g.mean, vec![1.0, 0.0]);
         let l = &g.chol;
-        let cov = [
-            l[0] * l[0],
-            l[0] * l[2],
-            l[2] * l[2] + l[3] * l[3],
-        ];
+        let cov = [l[0] * l[0], l[0] * l[2], l[2] * l[2] + l[3] * l[3]];
         for (c, w) in cov.iter().zip([0.5, 0.5, 1.0]) {
             assert!((c - w).abs() < 1e-14, "{cov:?}");
         }

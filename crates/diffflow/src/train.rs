@@ -557,7 +557,11 @@ impl Trainer {
         let v = self.cfg.train.validation.clone();
         let d = self.data.dim;
         let rows = self.data.val.len() / d;
-        let n = if v.points == 0 { rows } else { v.points.min(rows) };
+        let n = if v.points == 0 {
+            rows
+        } else {
+            v.points.min(rows)
+        };
         let flow = self.sampling_flow(self.cfg.sample.weights)?;
         let s = validation::measure(&flow, &self.data.val[..n * d], &self.cfg)?;
         if !s.mean.is_finite() {

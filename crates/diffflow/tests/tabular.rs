@@ -82,8 +82,11 @@ fn run_with_stops(c: &RunConfig, dir: &Path, stops: &[usize]) -> Trainer {
         let err = tr
             .run(Some(dir), &mut StopAt { at: k, flag: &flag }, Some(&flag))
             .unwrap_err();
-        assert!(matches!(err, Error::Interrupted { step } if step == k), "{err}");
-        tr = Trainer::resume_with(dir, |c| TrainData::from_config(c)).unwrap();
+        assert!(
+            matches!(err, Error::Interrupted { step } if step == k),
+            "{err}"
+        );
+        tr = Trainer::resume_with(dir, TrainData::from_config).unwrap();
         assert_eq!(tr.step, k);
     }
     tr.run(Some(dir), &mut Silent, None).unwrap();
@@ -222,15 +225,26 @@ fn validation_needs_validation_points_and_hostile_column_maps_are_refused() {
     let state = file.metadata["state"].clone();
     assert!(state.contains("\"kept\":[0,2,3]"), "{state}");
     for (from, to, want) in [
-        ("\"kept\":[0,2,3]", "\"kept\":[0,2]", "kept columns for a model of dimension 3"),
+        (
+            "\"kept\":[0,2,3]",
+            "\"kept\":[0,2]",
+            "kept columns for a model of dimension 3",
+        ),
         ("\"kept\":[0,2,3]", "\"kept\":[0,3,2]", "not increasing"),
-        ("\"dequantized\":[1]", "\"dequantized\":[7]", "dequantised coordinates"),
+        (
+            "\"dequantized\":[1]",
+            "\"dequantized\":[7]",
+            "dequantised coordinates",
+        ),
         ("\"width\":4", "\"width\":5", "do not make 5"),
     ] {
         file.metadata
             .insert("state".into(), state.replace(from, to));
         checkpoint::write(&dir.path().join(MODEL_FILE), &file.tensors, &file.metadata).unwrap();
         let e = load_run(dir.path(), None).err().unwrap().to_string();
-        assert!(e.contains(want) && e.contains(MODEL_FILE), "{from} -> {to}: {e}");
+        assert!(
+            e.contains(want) && e.contains(MODEL_FILE),
+            "{from} -> {to}: {e}"
+        );
     }
 }

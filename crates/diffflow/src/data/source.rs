@@ -152,9 +152,7 @@ impl FileSource {
     pub fn column_list(&self) -> Result<Option<Vec<usize>>> {
         self.columns
             .as_deref()
-            .map(|s| {
-                parse_columns(s).map_err(|e| Error::config(format!("data.file.columns: {e}")))
-            })
+            .map(|s| parse_columns(s).map_err(|e| Error::config(format!("data.file.columns: {e}"))))
             .transpose()
     }
 
@@ -260,7 +258,11 @@ impl ColumnMap {
             ));
         }
         let mut seen = vec![false; self.width];
-        for &c in self.kept.iter().chain(self.constants.iter().map(|(c, _)| c)) {
+        for &c in self
+            .kept
+            .iter()
+            .chain(self.constants.iter().map(|(c, _)| c))
+        {
             if c >= self.width || std::mem::replace(&mut seen[c], true) {
                 return bad(format!("column {c} is out of range or listed twice"));
             }
@@ -447,7 +449,8 @@ pub fn prepare(src: &FileSource, rng: &mut Rng) -> Result<Prepared> {
         .map(|c| (c, train.row(0)[c]))
         .collect();
     let list = |cols: &mut dyn Iterator<Item = usize>| -> Vec<String> {
-        cols.map(|c| format!("{c} (= {})", train.row(0)[c])).collect()
+        cols.map(|c| format!("{c} (= {})", train.row(0)[c]))
+            .collect()
     };
     let everywhere = list(&mut (0..width).filter(|c| !varying_all.contains(c)));
     let train_only = list(
@@ -456,19 +459,21 @@ pub fn prepare(src: &FileSource, rng: &mut Rng) -> Result<Prepared> {
             .copied()
             .filter(|c| !varying_train.contains(c) && !kept.contains(c)),
     );
-    let kept_const = list(
-        &mut kept
-            .iter()
-            .copied()
-            .filter(|c| !varying_train.contains(c)),
-    );
+    let kept_const = list(&mut kept.iter().copied().filter(|c| !varying_train.contains(c)));
     for (cols, what) in [
         (everywhere, "dropped, constant on every row"),
         (train_only, "dropped, constant on the training split"),
-        (kept_const, "kept (dequantised) though constant on the training split"),
+        (
+            kept_const,
+            "kept (dequantised) though constant on the training split",
+        ),
     ] {
         if !cols.is_empty() {
-            notes.push(format!("{} column(s) {what}: {}", cols.len(), cols.join(", ")));
+            notes.push(format!(
+                "{} column(s) {what}: {}",
+                cols.len(),
+                cols.join(", ")
+            ));
         }
     }
     let train = train.select_columns(&kept)?;
@@ -608,7 +613,11 @@ mod tests {
         let mut s = FileSource::new("x.csv");
         s.val_fraction = Some(0.5);
         s.test_fraction = Some(0.5);
-        assert!(s.validate().unwrap_err().to_string().contains("no training rows"));
+        assert!(s
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("no training rows"));
         s.val_fraction = Some(1.5);
         assert!(s.validate().unwrap_err().to_string().contains("[0, 1)"));
         let mut s = FileSource::new("x.csv");
@@ -616,7 +625,11 @@ mod tests {
         assert!(s.validate().unwrap_err().to_string().contains("delimiter"));
         s.delimiter = None;
         s.columns = Some("1-0".into());
-        assert!(s.validate().unwrap_err().to_string().contains("data.file.columns"));
+        assert!(s
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("data.file.columns"));
     }
 
     #[test]
@@ -733,7 +746,10 @@ mod tests {
         src.test_fraction = Some(0.25);
         let p = prepare(&src, &mut Rng::new(1)).unwrap();
         assert_eq!(p.dim, 2);
-        assert_eq!((p.train.len() / 2, p.val.len() / 2, p.test.len() / 2), (10, 5, 5));
+        assert_eq!(
+            (p.train.len() / 2, p.val.len() / 2, p.test.len() / 2),
+            (10, 5, 5)
+        );
         assert_eq!(p.columns.kept, vec![0, 2]);
         assert_eq!(p.columns.constants, vec![(1, 5.0)]);
         assert_eq!(p.columns.dequantized, vec![1]);
@@ -746,13 +762,7 @@ mod tests {
         let held: Vec<f64> = p.val.iter().chain(&p.test).copied().collect();
         assert!(held.chunks(2).all(|r| r[1].fract() > 0.0 && r[1] < 3.0));
         // Column a is untouched and every row appears in exactly one split.
-        let mut a: Vec<f64> = p
-            .train
-            .iter()
-            .chain(&held)
-            .step_by(2)
-            .copied()
-            .collect();
+        let mut a: Vec<f64> = p.train.iter().chain(&held).step_by(2).copied().collect();
         a.sort_by(f64::total_cmp);
         let want: Vec<f64> = (0..20).map(|i| 0.5 * i as f64 + 0.1).collect();
         assert_eq!(a, want);
@@ -770,7 +780,10 @@ mod tests {
         src.columns = Some("0".into());
         src.dequantize = Dequantize::On;
         let e = prepare(&src, &mut Rng::new(1)).unwrap_err().to_string();
-        assert!(e.contains("no non-constant column is integer-valued"), "{e}");
+        assert!(
+            e.contains("no non-constant column is integer-valued"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -792,7 +805,11 @@ mod tests {
         assert_eq!(p.columns.kept, vec![0, 2]);
         assert_eq!(p.columns.constants, vec![(1, 0.25)]);
         assert_eq!(p.columns.dequantized, vec![1]);
-        assert!(p.notes.iter().any(|n| n.contains("1 test rows differ")), "{:?}", p.notes);
+        assert!(
+            p.notes.iter().any(|n| n.contains("1 test rows differ")),
+            "{:?}",
+            p.notes
+        );
         assert!(p
             .notes
             .iter()
