@@ -633,6 +633,66 @@ mod tests {
     }
 
     #[test]
+    fn file_sources_round_trip_through_config_toml() {
+        use crate::config::{Preset, RunConfig};
+        let mut c = RunConfig::preset(Preset::Tabular, "mine");
+        let mut f = FileSource::new("/data/x y/train.tsv.gz");
+        f.columns = Some("0-3,7".into());
+        f.delimiter = Some('\t');
+        f.header = Some(true);
+        f.dequantize = Dequantize::Off;
+        f.validation = Some("/data/val.tsv".into());
+        f.test_fraction = Some(0.2);
+        c.data.file = Some(f);
+        c.train.validation.patience = 5;
+        c.train.validation.metric = crate::validation::ValMetric::Nll;
+        let text = c.to_toml().unwrap();
+        assert!(
+            text.contains("[data.file]") && text.contains("[train.validation]"),
+            "{text}"
+        );
+        assert_eq!(RunConfig::from_toml(&text).unwrap(), c);
+        // The defaults stay out of the file; a bare path is enough.
+        c.data.file = Some(FileSource::new("d.csv"));
+        let text = c.to_toml().unwrap();
+        assert!(
+            text.contains("[data.file]\npath = \"d.csv\"\ndequantize = \"auto\"\n"),
+            "{text}"
+        );
+        assert_eq!(RunConfig::from_toml(&text).unwrap(), c);
+        // Hostile values are named.
+        for (from, to, want) in [
+            (
+                "dequantize = \"auto\"",
+                "dequantize = \"maybe\"",
+                "unknown variant `maybe`",
+            ),
+            ("dequantize = \"auto\"", "delimiter = \"ab\"", "line"),
+            ("dequantize = \"auto\"", "rows = 3", "unknown field `rows`"),
+            (
+                "dequantize = \"auto\"",
+                "val_fraction = 2.0",
+                "data.file.val_fraction",
+            ),
+            (
+                "dequantize = \"auto\"",
+                "columns = \"9-1\"",
+                "runs backwards",
+            ),
+            (
+                "trajectories = 1",
+                "trajectories = 0",
+                "train.validation.trajectories",
+            ),
+        ] {
+            let bad = text.replace(from, to);
+            assert_ne!(bad, text, "{to}");
+            let e = RunConfig::from_toml(&bad).unwrap_err().to_string();
+            assert!(e.contains(want), "{to}: {e}");
+        }
+    }
+
+    #[test]
     fn column_map_reduces_expands_and_validates() {
         let map = ColumnMap {
             width: 4,
