@@ -6,12 +6,14 @@
 
 pub mod adjoint;
 pub mod analytic;
+pub mod baselines;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod error;
 pub mod flow;
 pub mod likelihood;
+pub mod metrics;
 pub mod nn;
 pub mod ode;
 pub mod optim;

@@ -6,7 +6,7 @@ use crate::checkpoint::{self, TensorFile};
 use crate::config::{DataConfig, ModelConfig, RunConfig, Weights};
 use crate::data::{toy_2d, Standardizer};
 use crate::flow::{DiffFlow, Steps};
-use crate::nn::{Mlp, TimeNet};
+use crate::nn::TimeNet;
 use crate::optim::{clip_global_norm, step_decay, Adam, Ema};
 use crate::rng::{Rng, RngState, Stream};
 use crate::sde::{fixed_grid, flexible_grid, GridKind};
@@ -87,14 +87,10 @@ pub fn shuffle_rows(x: &mut [f64], d: usize, rng: &mut Rng) {
     }
 }
 
-/// Drift and score nets of `cfg` for dimension `dim`, initialised from `rng`.
+/// Drift and score nets of `cfg` for dimension `dim`, initialised from `rng` (for the
+/// model kinds see [`crate::baselines::build`]).
 pub fn build_flow(cfg: &ModelConfig, dim: usize, rng: &mut Rng) -> Result<DiffFlow> {
-    let dtype = cfg.precision.dtype();
-    Ok(DiffFlow {
-        drift: Box::new(Mlp::new(dim, &cfg.net, dtype, rng)?),
-        score: Box::new(Mlp::new(dim, &cfg.net, dtype, rng)?),
-        diffusion: cfg.g,
-    })
+    crate::baselines::build(cfg, dim, rng)
 }
 
 /// What one iteration did.
@@ -170,6 +166,11 @@ impl Trainer {
         cfg.validate()?;
         if data.is_empty() {
             return Err(Error::data("no training points"));
+        }
+        if cfg.model.kind == crate::config::ModelKind::Cnf {
+            return Err(Error::config(
+                "a CNF is trained by maximum likelihood (baselines::cnf::CnfTrainer)",
+            ));
         }
         let seed = cfg.train.seed;
         let flow = build_flow(&cfg.model, data.dim, &mut Rng::stream(seed, Stream::Init))?;
