@@ -1,5 +1,6 @@
 //! `diffflow`: train, sample and evaluate Diffusion Normalizing Flow models.
 
+mod compare;
 mod eval;
 mod plot;
 mod progress;
@@ -28,6 +29,8 @@ enum Command {
     Sample(sample::SampleArgs),
     /// Likelihood of data under a trained model: probability-flow NLL and negative ELBO.
     Eval(eval::EvalArgs),
+    /// DiffFlow against DDPM and a CNF on the 2-D sets (Figures 4-5, NLL and sample quality).
+    Compare(compare::CompareArgs),
 }
 
 fn main() -> ExitCode {
@@ -36,6 +39,7 @@ fn main() -> ExitCode {
         Command::Train(args) => train::run(args),
         Command::Sample(args) => sample::run(args),
         Command::Eval(args) => eval::run(args),
+        Command::Compare(args) => compare::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

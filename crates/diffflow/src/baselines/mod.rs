@@ -101,10 +101,14 @@ pub struct NetOptimizer {
     pub adam: Adam,
     /// EMA of the weights.
     pub ema: Ema,
-    lr: f64,
-    decay: f64,
-    every: usize,
-    clip: f64,
+    /// Base learning rate.
+    pub lr: f64,
+    /// Learning-rate factor applied every `every` iterations.
+    pub decay: f64,
+    /// Period of the decay (0: never).
+    pub every: usize,
+    /// Global gradient-norm clip (0: off).
+    pub clip: f64,
 }
 
 impl NetOptimizer {
