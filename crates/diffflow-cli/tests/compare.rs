@@ -79,18 +79,33 @@ fn quick_compare_writes_every_file_with_finite_numbers() {
             assert!(m["nll"].as_f64().is_some());
             assert_eq!(m["metrics"]["mmd2"].as_array().unwrap().len(), 2);
             let swept = m["key"] != "cnf";
-            assert_eq!(m["steps"].as_array().unwrap().len(), if swept { 3 } else { 0 });
-            assert_eq!(m["lambdas"].as_array().unwrap().len(), if swept { 3 } else { 0 });
+            assert_eq!(
+                m["steps"].as_array().unwrap().len(),
+                if swept { 3 } else { 0 }
+            );
+            assert_eq!(
+                m["lambdas"].as_array().unwrap().len(),
+                if swept { 3 } else { 0 }
+            );
             assert_eq!(m["elbo"].is_null(), !swept);
         }
     }
     let prog = &json["progressive"];
     assert_eq!(prog["runs"].as_array().unwrap().len(), 2);
     let report = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
-    for needle in ["## rings", "## checkerboard", "DDPM (L_s)", "Progressive", "fresh data"] {
+    for needle in [
+        "## rings",
+        "## checkerboard",
+        "DDPM (L_s)",
+        "Progressive",
+        "fresh data",
+    ] {
         assert!(report.contains(needle), "report lacks {needle}");
     }
-    assert!(!report.contains("NaN") && !report.contains("inf"), "{report}");
+    assert!(
+        !report.contains("NaN") && !report.contains("inf"),
+        "{report}"
+    );
 }
 
 #[test]

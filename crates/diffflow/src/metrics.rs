@@ -67,7 +67,9 @@ pub fn mmd2_unbiased(x: &[f64], y: &[f64], d: usize, h: f64) -> Result<f64> {
     let m = check(y, d, "MMD second set")? as f64;
     check_bandwidth(h)?;
     if n < 2.0 || m < 2.0 {
-        return Err(Error::data("the unbiased MMD needs at least 2 points per set"));
+        return Err(Error::data(
+            "the unbiased MMD needs at least 2 points per set",
+        ));
     }
     let kxx = kernel_sum(x, x, d, h, true) / (n * (n - 1.0));
     let kyy = kernel_sum(y, y, d, h, true) / (m * (m - 1.0));
@@ -207,10 +209,7 @@ impl HistGrid {
             counts[self.bin(p[0], p[1])] += 1.0;
         }
         let total = (pts.len() / 2) as f64 + k as f64 * self.pseudo;
-        counts
-            .iter()
-            .map(|c| (c + self.pseudo) / total)
-            .collect()
+        counts.iter().map(|c| (c + self.pseudo) / total).collect()
     }
 
     fn validate(&self) -> Result<()> {
@@ -416,7 +415,11 @@ mod tests {
             .map(|th| (th[0] * delta[0] + th[1] * delta[1]).powi(2) + (1.0 - s).powi(2))
             .sum::<f64>()
             / 100.0;
-        assert!((got - want.sqrt()).abs() < 0.02 * want.sqrt(), "{got} vs {}", want.sqrt());
+        assert!(
+            (got - want.sqrt()).abs() < 0.02 * want.sqrt(),
+            "{got} vs {}",
+            want.sqrt()
+        );
         // … and over uniform directions its mean is |Δ|²/2 + (1 − s)².
         assert!((want - (0.89 / 2.0 + 0.25)).abs() < 0.1);
     }
@@ -442,7 +445,15 @@ mod tests {
         assert!((got - want).abs() < 1e-15, "{got} vs {want}");
         assert_eq!(grid.bin(1.0, 1.0), 3);
         assert_eq!(grid.bin(1.0001, 0.0), 4);
-        assert!(hist_kl(&p, &q, &HistGrid { pseudo: 0.0, ..grid }).is_err());
+        assert!(hist_kl(
+            &p,
+            &q,
+            &HistGrid {
+                pseudo: 0.0,
+                ..grid
+            }
+        )
+        .is_err());
     }
 
     #[test]

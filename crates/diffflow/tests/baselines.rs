@@ -58,11 +58,17 @@ fn cnf_jvp_equals_finite_differences() {
         let net = Mlp::new(3, &small(act), DType::F64, &mut rng).unwrap();
         let b = 5;
         let x = tensor(rng.normals(b * 3), &[b, 3]);
-        let us: Vec<Tensor> = (0..2).map(|_| tensor(rng.normals(b * 3), &[b, 3])).collect();
+        let us: Vec<Tensor> = (0..2)
+            .map(|_| tensor(rng.normals(b * 3), &[b, 3]))
+            .collect();
         let t = 0.37;
         let (y, jus) = net.forward_jvp(&x, t, &us).unwrap();
         let plain = net.forward(&x, t).unwrap();
-        assert_eq!(vec2(&y), vec2(&plain), "{act:?}: primal differs from forward");
+        assert_eq!(
+            vec2(&y),
+            vec2(&plain),
+            "{act:?}: primal differs from forward"
+        );
         for (u, ju) in us.iter().zip(&jus) {
             let xp = (&x + u.affine(h, 0.0).unwrap()).unwrap();
             let xm = (&x - u.affine(h, 0.0).unwrap()).unwrap();
@@ -77,7 +83,10 @@ fn cnf_jvp_equals_finite_differences() {
                 .fold(0.0f64, |m, (p, q)| m.max((p - q).abs()));
             assert!(scale > 1e-3, "{act:?}: trivial Jacobian");
             // ReLU's kinks can sit within h of a pre-activation only with probability ~0.
-            assert!(err < 1e-7 * scale.max(1.0), "{act:?}: JVP err {err} (scale {scale})");
+            assert!(
+                err < 1e-7 * scale.max(1.0),
+                "{act:?}: JVP err {err} (scale {scale})"
+            );
         }
     }
 }
@@ -114,7 +123,10 @@ fn cnf_divergence_exact_and_hutchinson() {
     let mean = v.iter().sum::<f64>() / n as f64;
     let sd = (v.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt();
     assert!(sd > 0.0);
-    assert!((mean - tr).abs() < 4.0 * sd / (n as f64).sqrt(), "{mean} vs {tr}");
+    assert!(
+        (mean - tr).abs() < 4.0 * sd / (n as f64).sqrt(),
+        "{mean} vs {tr}"
+    );
 }
 
 /// The CNF as a DiffFlow (drift = v, score = 0).
@@ -149,7 +161,10 @@ fn cnf_training_nll_equals_the_probability_flow_nll() {
         };
         let lib = pf_ode_nll(&flow, &x, &ts, &opts, &mut Rng::new(0), &|_| {}).unwrap();
         for (a, b) in vec2(&nll).iter().zip(&lib.nll) {
-            assert!((a - b).abs() < 1e-12 * b.abs().max(1.0), "g = {g}: {a} vs {b}");
+            assert!(
+                (a - b).abs() < 1e-12 * b.abs().max(1.0),
+                "g = {g}: {a} vs {b}"
+            );
         }
         for (a, b) in vec2(&z).iter().zip(&lib.z) {
             assert!((a - b).abs() < 1e-12, "g = {g}: latent {a} vs {b}");
@@ -228,16 +243,16 @@ fn ddpm_closed_form_marginals_match_the_simulated_forward_sde() {
         let states = forward_trajectory(engine.as_mut(), &x, &steps, &noise).unwrap();
         let xt = vec2(&states[n]);
         let (alpha, sigma) = (s.alpha(t_end), s.sigma(t_end));
-        for k in 0..2 {
+        for (k, x0k) in x0.iter().enumerate() {
             let col: Vec<f64> = xt.iter().skip(k).step_by(2).copied().collect();
             let m = col.iter().sum::<f64>() / n_paths as f64;
             let v = col.iter().map(|a| (a - m).powi(2)).sum::<f64>() / (n_paths - 1) as f64;
             let se_m = sigma / (n_paths as f64).sqrt();
             let se_v = sigma * sigma * (2.0 / (n_paths - 1) as f64).sqrt();
             assert!(
-                (m - alpha * x0[k]).abs() < 4.5 * se_m,
+                (m - alpha * x0k).abs() < 4.5 * se_m,
                 "t = {t_end}, coord {k}: mean {m} vs {}",
-                alpha * x0[k]
+                alpha * x0k
             );
             assert!(
                 (v - sigma * sigma).abs() < 4.5 * se_v,
@@ -284,7 +299,10 @@ fn ddpm_l_adjoint_equals_naive_backprop() {
         for (a, b) in adj.score.iter().zip(&nai.score) {
             let (a, b) = (vec2(a), vec2(b));
             let scale = b.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-            let err = a.iter().zip(&b).fold(0.0f64, |m, (p, q)| m.max((p - q).abs()));
+            let err = a
+                .iter()
+                .zip(&b)
+                .fold(0.0f64, |m, (p, q)| m.max((p - q).abs()));
             worst = worst.max(if scale > 0.0 { err / scale } else { err });
             biggest = biggest.max(scale);
         }
@@ -344,7 +362,8 @@ fn eps_loss_of_the_exact_score_has_its_closed_form() {
     // Per-row loss = c χ²₂-like with variance ≤ 2 c² · 2; stderr over 40000 rows ≈ 0.01.
     assert!((loss - want).abs() < 0.03, "{loss} vs {want}");
     // A wrong score (scaled by 2) has a larger loss.
-    let (worse, _) = eps_loss_gradient(&GaussScore { v: v * 4.0 }, &vp(), &x0, &eps, &times, 1).unwrap();
+    let (worse, _) =
+        eps_loss_gradient(&GaussScore { v: v * 4.0 }, &vp(), &x0, &eps, &times, 1).unwrap();
     assert!(worse > loss + 0.05, "{worse} vs {loss}");
 }
 

@@ -213,7 +213,12 @@ pub fn forward_snapshots(m: &Trained, x0: &[f64], seed: u64) -> Result<Vec<Vec<f
         let states = forward_trajectory(drift.as_mut(), &x, &steps, &noise)?;
         [0, 10, 20, 30]
             .iter()
-            .map(|&i| Ok(states[i].to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?))
+            .map(|&i| {
+                Ok(states[i]
+                    .to_dtype(DType::F64)?
+                    .flatten_all()?
+                    .to_vec1::<f64>()?)
+            })
             .collect()
     } else {
         let mut engine = m.flow.drift.engine()?;
@@ -227,7 +232,14 @@ pub fn forward_snapshots(m: &Trained, x0: &[f64], seed: u64) -> Result<Vec<Vec<f
         let mut out = vec![y.clone()];
         for seg in 0..3 {
             let part = &ts[seg * 10..=(seg + 1) * 10];
-            ode::solve(Method::Rk4, &mut rhs, &mut y, part, &Tolerances::default(), 2)?;
+            ode::solve(
+                Method::Rk4,
+                &mut rhs,
+                &mut y,
+                part,
+                &Tolerances::default(),
+                2,
+            )?;
             out.push(y.clone());
         }
         Ok(out)

@@ -26,7 +26,10 @@ use std::time::Instant;
 #[command(allow_negative_numbers = true)]
 pub struct CompareArgs {
     /// Comma-separated built-in 2-D data sets.
-    #[arg(long, default_value = "rings,olympic,tree,sierpinski,checkerboard,2spirals")]
+    #[arg(
+        long,
+        default_value = "rings,olympic,tree,sierpinski,checkerboard,2spirals"
+    )]
     datasets: String,
     /// Matched budget: training iterations per model (same batch for all).
     #[arg(long, conflicts_with = "seconds")]
@@ -143,6 +146,9 @@ fn parse_datasets(s: &str) -> Result<Vec<String>> {
     Ok(names)
 }
 
+/// Named sample sets (data units) of one row of Figure 5.
+type SamplePanels = Vec<(String, Vec<f64>)>;
+
 fn log(msg: &str) {
     eprintln!("{msg}");
 }
@@ -156,11 +162,18 @@ pub fn run(args: CompareArgs) -> Result<()> {
     }
     let datasets = parse_datasets(&args.datasets)?;
     let mut which = Vec::new();
-    for m in args.models.split(',').map(str::trim).filter(|m| !m.is_empty()) {
+    for m in args
+        .models
+        .split(',')
+        .map(str::trim)
+        .filter(|m| !m.is_empty())
+    {
         match Which::ALL.iter().find(|w| w.key() == m) {
             Some(w) if !which.contains(w) => which.push(*w),
             Some(_) => {}
-            None => bail!("--models: unknown model '{m}' (expected diffflow, ddpm_l, ddpm_ls or cnf)"),
+            None => {
+                bail!("--models: unknown model '{m}' (expected diffflow, ddpm_l, ddpm_ls or cnf)")
+            }
         }
     }
     if which.is_empty() {
@@ -202,12 +215,15 @@ pub fn run(args: CompareArgs) -> Result<()> {
         lr_eps: args.lr_eps,
         lr_cnf: args.lr_cnf,
         groups: if q { args.groups.min(4) } else { args.groups },
-        cnf_steps: if q { args.cnf_steps.min(3) } else { args.cnf_steps },
+        cnf_steps: if q {
+            args.cnf_steps.min(3)
+        } else {
+            args.cnf_steps
+        },
         train_n: if q { (4, 6) } else { (10, 20) },
         params: 94_000,
     };
-    if h.batch == 0 || h.cnf_batch == 0 || h.groups == 0 || h.groups > h.batch || h.cnf_steps == 0
-    {
+    if h.batch == 0 || h.cnf_batch == 0 || h.groups == 0 || h.groups > h.batch || h.cnf_steps == 0 {
         bail!("need batch and cnf-batch >= 1, 1 <= groups <= batch and cnf-steps >= 1");
     }
     let plan = EvalPlan {
@@ -256,7 +272,14 @@ pub fn run(args: CompareArgs) -> Result<()> {
         .map(|&w| {
             let c = models::config(w, "rings", &h);
             let per_net = c.model.net.num_params(2);
-            (w, if w == Which::DiffFlow { 2 * per_net } else { per_net })
+            (
+                w,
+                if w == Which::DiffFlow {
+                    2 * per_net
+                } else {
+                    per_net
+                },
+            )
         })
         .collect();
     log(&format!(
@@ -277,14 +300,24 @@ pub fn run(args: CompareArgs) -> Result<()> {
     ));
 
     let mut reports = Vec::new();
-    let mut fig5: Vec<(String, Vec<(String, Vec<f64>)>)> = Vec::new();
+    let mut fig5: Vec<(String, SamplePanels)> = Vec::new();
     let mut fig4: Vec<report::Trajectories> = Vec::new();
     for (k, ds) in datasets.iter().enumerate() {
         let cfg0 = models::config(Which::DiffFlow, ds, &h);
         let data = TrainData::toy(&cfg0.data, h.seed)?;
         let std = data.standardizer.clone();
-        let fresh = toy_2d(ds, plan.samples, None, &mut Rng::substream(h.seed, 1000 + k as u64))?;
-        let fresh2 = toy_2d(ds, plan.samples, None, &mut Rng::substream(h.seed, 2000 + k as u64))?;
+        let fresh = toy_2d(
+            ds,
+            plan.samples,
+            None,
+            &mut Rng::substream(h.seed, 1000 + k as u64),
+        )?;
+        let fresh2 = toy_2d(
+            ds,
+            plan.samples,
+            None,
+            &mut Rng::substream(h.seed, 2000 + k as u64),
+        )?;
         let reference = sample_metrics(&fresh2, &fresh, 2, &plan.metrics)?;
         let mut trained = Vec::new();
         let mut model_reports = Vec::new();
@@ -349,7 +382,7 @@ pub fn run(args: CompareArgs) -> Result<()> {
     }
 
     let progressive = match args.progressive_budget {
-        Some(b) if b == 0.0 => None,
+        Some(b) if b <= 0.0 => None,
         _ if !which.contains(&Which::DiffFlow) => None,
         pb => {
             let b = match (budget, pb) {
@@ -461,7 +494,7 @@ fn progress<'a>(ds: &'a str, w: Which) -> impl FnMut(&models::Fit, f64, f64) -> 
 /// Figure 5 (samples), Figure 4 (forward trajectories) and steps.png.
 fn write_figures(
     out: &Path,
-    fig5: &[(String, Vec<(String, Vec<f64>)>)],
+    fig5: &[(String, SamplePanels)],
     fig4: &[report::Trajectories],
     reports: &[DatasetReport],
 ) -> Result<()> {
@@ -581,7 +614,15 @@ fn progressive_measurement(
             }
             Ok(true)
         };
-        let t = models::train(Which::DiffFlow, dataset, &data, budget, h, Some(st), &mut every)?;
+        let t = models::train(
+            Which::DiffFlow,
+            dataset,
+            &data,
+            budget,
+            h,
+            Some(st),
+            &mut every,
+        )?;
         log(&format!(
             "[{dataset}] progressive measurement, {label} (N = {schedule}): {} iterations in {:.1} s, final held-out negative ELBO {:.4}",
             t.iters,

@@ -214,11 +214,7 @@ impl Fit {
     /// Sets the learning rate and N for the fraction `frac` of the budget done.
     pub fn schedule(&mut self, frac: f64, base_lr: f64, stages: &[(f64, usize)]) {
         let lr = base_lr * 0.95f64.powi((LR_DECAYS * frac).floor() as i32);
-        let n = stages
-            .iter()
-            .rev()
-            .find(|(f, _)| *f <= frac)
-            .map(|s| s.1);
+        let n = stages.iter().rev().find(|(f, _)| *f <= frac).map(|s| s.1);
         match self {
             Fit::Trajectory(t) => {
                 t.cfg.train.lr = lr;
@@ -322,7 +318,11 @@ pub fn train(
         train_secs += t0.elapsed().as_secs_f64();
         cpu_secs += cpu_now()? - c0;
         if !loss.is_finite() {
-            bail!("{} on {dataset}: non-finite loss at iteration {}", which.name(), fit.iters());
+            bail!(
+                "{} on {dataset}: non-finite loss at iteration {}",
+                which.name(),
+                fit.iters()
+            );
         }
         losses.push(loss);
         let clock = match budget {

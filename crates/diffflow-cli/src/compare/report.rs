@@ -112,7 +112,11 @@ fn metric_cells(m: &SampleMetrics) -> String {
 
 /// Geometric mean over data sets of `metric(N) / metric(N_max)` per model (diffusion
 /// models only): the Table 5 analogue.
-fn degeneracy(reports: &[DatasetReport], key: &str, pick: fn(&SampleMetrics) -> f64) -> Vec<(usize, f64)> {
+fn degeneracy(
+    reports: &[DatasetReport],
+    key: &str,
+    pick: fn(&SampleMetrics) -> f64,
+) -> Vec<(usize, f64)> {
     let mut by_n: Vec<(usize, Vec<f64>)> = Vec::new();
     for ds in reports {
         if let Some(m) = ds.models.iter().find(|m| m.key == key) {
@@ -133,7 +137,12 @@ fn degeneracy(reports: &[DatasetReport], key: &str, pick: fn(&SampleMetrics) -> 
         }
     }
     by_n.into_iter()
-        .map(|(n, v)| (n, (v.iter().map(|r| r.ln()).sum::<f64>() / v.len() as f64).exp()))
+        .map(|(n, v)| {
+            (
+                n,
+                (v.iter().map(|r| r.ln()).sum::<f64>() / v.len() as f64).exp(),
+            )
+        })
         .collect()
 }
 
@@ -178,7 +187,11 @@ pub fn write(out: &Path, r: &Results, plan: &EvalPlan) -> Result<()> {
 fn markdown(r: &Results, plan: &EvalPlan) -> String {
     let mut s = String::new();
     let bw: Vec<String> = r.bandwidths.iter().map(|b| b.to_string()).collect();
-    let _ = writeln!(s, "# DiffFlow against DDPM and a CNF on 2-D data{}\n", if r.quick { " (--quick)" } else { "" });
+    let _ = writeln!(
+        s,
+        "# DiffFlow against DDPM and a CNF on 2-D data{}\n",
+        if r.quick { " (--quick)" } else { "" }
+    );
     let _ = writeln!(s, "Command: `{}`  ", r.command);
     let _ = writeln!(
         s,
@@ -248,7 +261,11 @@ fn markdown(r: &Results, plan: &EvalPlan) -> String {
         r.hist.1,
         r.hist.3
     );
-    let mmd_head: String = r.bandwidths.iter().map(|b| format!(" MMD² h={b} (e-3) |")).collect();
+    let mmd_head: String = r
+        .bandwidths
+        .iter()
+        .map(|b| format!(" MMD² h={b} (e-3) |"))
+        .collect();
     let mmd_sep: String = r.bandwidths.iter().map(|_| "---:|").collect();
     for ds in &r.datasets {
         let _ = writeln!(s, "\n## {}\n", ds.name);
@@ -282,7 +299,10 @@ fn markdown(r: &Results, plan: &EvalPlan) -> String {
         let _ = writeln!(s, "| fresh data | | | | | |{}", metric_cells(&ds.reference));
         // Steps sweep.
         let _ = writeln!(s, "\nSample quality against the number of sampling steps N (SDE, λ = 1; {} samples; ratio = value / value at N = {}):\n", plan.sweep_samples, plan.sweep_ns.last().copied().unwrap_or(0));
-        let _ = writeln!(s, "| N | model |{mmd_head} SW2 | hist KL | SW2 ratio | KL ratio |");
+        let _ = writeln!(
+            s,
+            "| N | model |{mmd_head} SW2 | hist KL | SW2 ratio | KL ratio |"
+        );
         let _ = writeln!(s, "|---:|---|{mmd_sep}---:|---:|---:|---:|");
         for &n in &plan.sweep_ns {
             for m in ds.models.iter().filter(|m| !m.steps.is_empty()) {
@@ -301,7 +321,11 @@ fn markdown(r: &Results, plan: &EvalPlan) -> String {
             }
         }
         // λ sweep.
-        let _ = writeln!(s, "\nSampler λ (N = {}, {} samples):\n", r.sample_n, plan.lambda_samples);
+        let _ = writeln!(
+            s,
+            "\nSampler λ (N = {}, {} samples):\n",
+            r.sample_n, plan.lambda_samples
+        );
         let _ = writeln!(s, "| λ | model |{mmd_head} SW2 | hist KL |");
         let _ = writeln!(s, "|---:|---|{mmd_sep}---:|---:|");
         for &l in &plan.lambdas {
@@ -314,21 +338,45 @@ fn markdown(r: &Results, plan: &EvalPlan) -> String {
     }
     // Degeneracy summary over data sets.
     let _ = writeln!(s, "\n## Degeneracy over all data sets (Table 5 analogue)\n");
-    let _ = writeln!(s, "Geometric mean over the data sets of metric(N) / metric(N = {}).\n", plan.sweep_ns.last().copied().unwrap_or(0));
+    let _ = writeln!(
+        s,
+        "Geometric mean over the data sets of metric(N) / metric(N = {}).\n",
+        plan.sweep_ns.last().copied().unwrap_or(0)
+    );
     let _ = writeln!(s, "| N | DiffFlow SW2 | DDPM (L) SW2 | DDPM (L_s) SW2 | DiffFlow KL | DDPM (L) KL | DDPM (L_s) KL |");
     let _ = writeln!(s, "|---:|---:|---:|---:|---:|---:|---:|");
-    let sw: Vec<Vec<(usize, f64)>> = SWEPT.iter().map(|(k, _)| degeneracy(&r.datasets, k, |m| m.sw2)).collect();
-    let kl: Vec<Vec<(usize, f64)>> = SWEPT.iter().map(|(k, _)| degeneracy(&r.datasets, k, |m| m.hist_kl)).collect();
+    let sw: Vec<Vec<(usize, f64)>> = SWEPT
+        .iter()
+        .map(|(k, _)| degeneracy(&r.datasets, k, |m| m.sw2))
+        .collect();
+    let kl: Vec<Vec<(usize, f64)>> = SWEPT
+        .iter()
+        .map(|(k, _)| degeneracy(&r.datasets, k, |m| m.hist_kl))
+        .collect();
     for &n in &plan.sweep_ns {
-        let cell = |v: &Vec<(usize, f64)>| v.iter().find(|(k, _)| *k == n).map(|x| f(x.1, 2)).unwrap_or_else(|| "–".into());
+        let cell = |v: &Vec<(usize, f64)>| {
+            v.iter()
+                .find(|(k, _)| *k == n)
+                .map(|x| f(x.1, 2))
+                .unwrap_or_else(|| "–".into())
+        };
         let _ = writeln!(
             s,
             "| {n} | {} | {} | {} | {} | {} | {} |",
-            cell(&sw[0]), cell(&sw[1]), cell(&sw[2]), cell(&kl[0]), cell(&kl[1]), cell(&kl[2])
+            cell(&sw[0]),
+            cell(&sw[1]),
+            cell(&sw[2]),
+            cell(&kl[0]),
+            cell(&kl[1]),
+            cell(&kl[2])
         );
     }
     if let Some(p) = &r.progressive {
-        let _ = writeln!(s, "\n## Progressive training against a fixed large N ({})\n", p.dataset);
+        let _ = writeln!(
+            s,
+            "\n## Progressive training against a fixed large N ({})\n",
+            p.dataset
+        );
         let _ = writeln!(
             s,
             "DiffFlow trained twice with the same budget; held-out negative ELBO at N = {} (fixed \
@@ -336,7 +384,10 @@ fn markdown(r: &Results, plan: &EvalPlan) -> String {
              the worse of the two final values (mean of the last three measurements) = {} nats.\n",
             p.val_n, p.val_points, f(p.target, 4)
         );
-        let _ = writeln!(s, "| run | N schedule | iterations | training s | final val. loss | s to target |");
+        let _ = writeln!(
+            s,
+            "| run | N schedule | iterations | training s | final val. loss | s to target |"
+        );
         // Seconds are CPU seconds under a CPU-time budget, wall seconds otherwise.
         let _ = writeln!(s, "|---|---|---:|---:|---:|---:|");
         for (run, t) in p.runs.iter().zip(&p.time_to_target) {
@@ -348,7 +399,8 @@ fn markdown(r: &Results, plan: &EvalPlan) -> String {
                 run.iters,
                 run.seconds,
                 f(run.curve.last().map(|c| c.val_loss).unwrap_or(f64::NAN), 4),
-                t.map(|v| format!("{v:.0}")).unwrap_or_else(|| "never".into())
+                t.map(|v| format!("{v:.0}"))
+                    .unwrap_or_else(|| "never".into())
             );
         }
         let _ = writeln!(
@@ -360,7 +412,10 @@ fn markdown(r: &Results, plan: &EvalPlan) -> String {
     let _ = writeln!(s, "\n## Files\n");
     let _ = writeln!(s, "- `figure5.png`: rows = data sets; columns = fresh data, DiffFlow, DDPM (L), DDPM (L_s), CNF samples (2-D histograms, data units, [-1, 1]²).");
     let _ = writeln!(s, "- `figure4.png`: forward processes of DiffFlow, DDPM (the VP SDE, the same for both DDPMs) and the CNF at t = t_min, ≈T/3, ≈2T/3, T (standardised units), points coloured by the mode they started from.");
-    let _ = writeln!(s, "- `steps.png`: SW2(N)/SW2(N max) per model, geometric mean over data sets.");
+    let _ = writeln!(
+        s,
+        "- `steps.png`: SW2(N)/SW2(N max) per model, geometric mean over data sets."
+    );
     if r.progressive.is_some() {
         let _ = writeln!(s, "- `progressive.png`: held-out negative ELBO against training seconds, progressive and fixed N.");
     }

@@ -353,8 +353,8 @@ impl EpsTrainer {
         let x0 = draw_batch(&self.data.train, d, b, dtype, &mut self.rng)?;
         let grid = self.cfg.model.grid;
         let times = group_times(self.groups, grid.t_min, grid.t_max, &mut self.rng);
-        let eps = Tensor::from_vec(self.rng.normals(b * d), (b, d), &Device::Cpu)?
-            .to_dtype(dtype)?;
+        let eps =
+            Tensor::from_vec(self.rng.normals(b * d), (b, d), &Device::Cpu)?.to_dtype(dtype)?;
         let (loss, grads) = eps_loss_gradient(
             self.flow.score.as_ref(),
             &self.schedule,
@@ -370,9 +370,7 @@ impl EpsTrainer {
                 what: format!("ε loss ({loss})"),
             });
         }
-        let (grad_norm, lr) = self
-            .opt
-            .update(self.flow.score.vars(), grads, self.step)?;
+        let (grad_norm, lr) = self.opt.update(self.flow.score.vars(), grads, self.step)?;
         self.step = step;
         Ok(EpsStats {
             step,
@@ -498,12 +496,12 @@ mod tests {
         assert_eq!(loss, loss2);
         // Autograd on the plain ε loss ‖ε − ε_θ(x_t, t)‖², batch mean.
         let mut total: Option<Tensor> = None;
-        for k in 0..g {
+        for (k, &tk) in times.iter().enumerate() {
             let (lo, hi) = (k * b / g, (k + 1) * b / g);
             let x = x0.narrow(0, lo, hi - lo).unwrap();
             let e = eps.narrow(0, lo, hi - lo).unwrap();
-            let xt = perturb(&sched(), &x, &e, times[k]).unwrap();
-            let pred = score.eps_net().forward(&xt, times[k]).unwrap();
+            let xt = perturb(&sched(), &x, &e, tk).unwrap();
+            let pred = score.eps_net().forward(&xt, tk).unwrap();
             let term = (pred - &e).unwrap().sqr().unwrap().sum_all().unwrap();
             total = Some(match total {
                 Some(t) => (t + term).unwrap(),
@@ -513,13 +511,15 @@ mod tests {
         let total = total.unwrap().affine(1.0 / b as f64, 0.0).unwrap();
         assert!((total.to_scalar::<f64>().unwrap() - loss).abs() < 1e-12);
         let store = total.backward().unwrap();
-        for ((_, v), (g1, g2)) in score
-            .vars()
-            .iter()
-            .zip(grads.iter().zip(grads2.iter()))
-        {
+        for ((_, v), (g1, g2)) in score.vars().iter().zip(grads.iter().zip(grads2.iter())) {
             let want = store.get(v.as_tensor()).unwrap();
-            let scale = want.abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
+            let scale = want
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap();
             assert!(diff(g1, want) <= 1e-10 * scale.max(1.0));
             assert_eq!(diff(g1, g2), 0.0);
         }

@@ -56,7 +56,9 @@ pub fn build(cfg: &ModelConfig, dim: usize, rng: &mut Rng) -> Result<DiffFlow> {
 /// parameters from `ema`'s shadow when given, else the live ones.
 pub fn copy_weights(dst: &dyn TimeNet, src: &dyn TimeNet, ema: Option<&Ema>) -> Result<()> {
     if dst.vars().len() != src.vars().len() || dst.buffers().len() != src.buffers().len() {
-        return Err(Error::config("copy_weights: the nets differ in architecture"));
+        return Err(Error::config(
+            "copy_weights: the nets differ in architecture",
+        ));
     }
     for ((_, b), (_, bsrc)) in dst.buffers().iter().zip(src.buffers()) {
         b.set(bsrc.as_tensor())?;
@@ -187,7 +189,10 @@ pub(crate) fn par_pieces<O: Send>(
     let ids: Vec<usize> = (0..n).collect();
     for group in ids.chunks(threads) {
         let results: Vec<Result<O>> = std::thread::scope(|scope| {
-            let handles: Vec<_> = group.iter().map(|&c| scope.spawn(move || work(c))).collect();
+            let handles: Vec<_> = group
+                .iter()
+                .map(|&c| scope.spawn(move || work(c)))
+                .collect();
             handles
                 .into_iter()
                 .map(|h| {

@@ -331,14 +331,20 @@ mod tests {
 
     #[test]
     fn components_are_the_circles_the_points_lie_on() {
-        for (name, centres) in [("olympic", &OLYMPIC_CENTRES[..]), ("rings", &OLYMPIC_CENTRES[1..])] {
+        for (name, centres) in [
+            ("olympic", &OLYMPIC_CENTRES[..]),
+            ("rings", &OLYMPIC_CENTRES[1..]),
+        ] {
             let n = 103;
             let pts = toy_2d(name, n, Some(0.0), &mut Rng::new(9)).unwrap();
             let raw = unscale(&pts, centres, 9);
             let labels = toy_components(name, n).unwrap();
             assert_eq!(labels.len(), n);
             for (p, l) in raw.chunks_exact(2).zip(&labels) {
-                assert!(circle_of(p, centres).contains(l), "{name}: {p:?} not on circle {l}");
+                assert!(
+                    circle_of(p, centres).contains(l),
+                    "{name}: {p:?} not on circle {l}"
+                );
             }
         }
         let spirals = toy_components("2spirals", 5).unwrap();

@@ -65,7 +65,11 @@ impl Activation {
         match self {
             Activation::Gelu => {
                 let cdf = ((x.affine(std::f64::consts::FRAC_1_SQRT_2, 0.0)?.erf()? + 1.0)? * 0.5)?;
-                let pdf = x.sqr()?.affine(-0.5, 0.0)?.exp()?.affine(FRAC_1_SQRT_2PI, 0.0)?;
+                let pdf = x
+                    .sqr()?
+                    .affine(-0.5, 0.0)?
+                    .exp()?
+                    .affine(FRAC_1_SQRT_2PI, 0.0)?;
                 let y = (x * &cdf)?;
                 let dy = (cdf + (x * pdf)?)?;
                 Ok((y, dy))

@@ -206,7 +206,12 @@ impl Mlp {
     /// `u̇ ← act'(a) ⊙ (u̇ Wᵀ)` at each hidden layer with pre-activation `a` (the time
     /// features do not depend on `x`), and `u̇ Wᵀ` at the output.
     /// Shapes: `x` [B, d], each tangent [B, d] → (`y` [B, d], each `J u_k` [B, d]).
-    pub fn forward_jvp(&self, x: &Tensor, t: f64, tangents: &[Tensor]) -> Result<(Tensor, Vec<Tensor>)> {
+    pub fn forward_jvp(
+        &self,
+        x: &Tensor,
+        t: f64,
+        tangents: &[Tensor],
+    ) -> Result<(Tensor, Vec<Tensor>)> {
         let act = self.cfg.activation;
         let ht = self.time_embedding(t)?;
         let w_in = self.var(idx::IN_W).t()?;
