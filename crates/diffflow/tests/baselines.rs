@@ -173,6 +173,41 @@ fn cnf_training_nll_equals_the_probability_flow_nll() {
 }
 
 #[test]
+fn cnf_hutchinson_nll_averages_to_the_exact_nll() {
+    // In 2-D the four Rademacher probes (±1, ±1) average εᵀJε to tr J exactly, and the
+    // probes do not change the path of x, so the mean of the four Hutchinson NLLs through
+    // RK4 equals the exact-divergence NLL.
+    let mut rng = Rng::new(31);
+    let (net, _) = cnf_as_flow(9, 0.2);
+    let ts: Vec<f64> = (0..=5).map(|i| i as f64 / 5.0).collect();
+    let x: Vec<f64> = rng.normals(2 * 3);
+    let signs = [[1.0, 1.0], [1.0, -1.0], [-1.0, 1.0], [-1.0, -1.0]];
+    let mut rows = Vec::new();
+    let mut probes = Vec::new();
+    for p in x.chunks_exact(2) {
+        for s in &signs {
+            rows.extend_from_slice(p);
+            probes.extend_from_slice(s);
+        }
+    }
+    let (exact, _) = cnf_nll(&net, &tensor(x.clone(), &[3, 2]), &ts, None).unwrap();
+    let (hutch, _) = cnf_nll(
+        &net,
+        &tensor(rows, &[12, 2]),
+        &ts,
+        Some(&tensor(probes, &[12, 2])),
+    )
+    .unwrap();
+    let h = vec2(&hutch);
+    for (i, e) in vec2(&exact).iter().enumerate() {
+        let mean = h[4 * i..4 * i + 4].iter().sum::<f64>() / 4.0;
+        assert!((mean - e).abs() < 1e-12 * e.abs().max(1.0), "{mean} vs {e}");
+        // Each single probe differs (the estimator has variance).
+        assert!(h[4 * i..4 * i + 4].iter().any(|v| (v - e).abs() > 1e-6));
+    }
+}
+
+#[test]
 fn cnf_gradient_through_rk4_equals_finite_differences() {
     let mut rng = Rng::new(8);
     let b = 4;
