@@ -79,6 +79,9 @@ pub struct CompareArgs {
     /// RK4 steps of the CNF's training solve.
     #[arg(long, default_value_t = 6)]
     cnf_steps: usize,
+    /// ε of the DDPMs' VP SDE on [ε, 1] (DiffFlow's t_min is 0.001).
+    #[arg(long, default_value_t = 1e-3)]
+    ddpm_t_min: f64,
     /// Time groups per batch of the ε loss (our nets take one time per batch).
     #[arg(long, default_value_t = 10)]
     groups: usize,
@@ -104,6 +107,7 @@ pub struct Results {
     pub groups: usize,
     pub cnf_steps: usize,
     pub train_n: (usize, usize),
+    pub ddpm_t_min: f64,
     pub sample_n: usize,
     pub elbo_n: usize,
     pub nll_points: usize,
@@ -222,7 +226,11 @@ pub fn run(args: CompareArgs) -> Result<()> {
         },
         train_n: if q { (4, 6) } else { (10, 20) },
         params: 94_000,
+        ddpm_t_min: args.ddpm_t_min,
     };
+    if !(h.ddpm_t_min > 0.0 && h.ddpm_t_min < 1.0) {
+        bail!("--ddpm-t-min must be in (0, 1), got {}", h.ddpm_t_min);
+    }
     if h.batch == 0 || h.cnf_batch == 0 || h.groups == 0 || h.groups > h.batch || h.cnf_steps == 0 {
         bail!("need batch and cnf-batch >= 1, 1 <= groups <= batch and cnf-steps >= 1");
     }
@@ -438,6 +446,7 @@ pub fn run(args: CompareArgs) -> Result<()> {
         groups: h.groups,
         cnf_steps: h.cnf_steps,
         train_n: h.train_n,
+        ddpm_t_min: h.ddpm_t_min,
         sample_n: plan.sample_n,
         elbo_n: plan.elbo_n,
         nll_points: plan.nll_points,

@@ -112,6 +112,9 @@ pub struct Hyper {
     pub train_n: (usize, usize),
     /// Target number of parameters of every model (DiffFlow: both nets together).
     pub params: usize,
+    /// ε of the VP SDE: the DDPMs live on `[ε, 1]` (their data time is 0, the closed-form
+    /// marginals start there; sampling ends and the likelihood starts at ε).
+    pub ddpm_t_min: f64,
 }
 
 /// Total decays of the learning rate (×0.95 each) over the budget, as in the paper's
@@ -167,7 +170,7 @@ pub fn config(which: Which, dataset: &str, h: &Hyper) -> RunConfig {
             c.model.kind = ModelKind::Ddpm;
             c.model.g = Diffusion::vp_default();
             c.model.grid = GridSpec {
-                t_min: 1e-3,
+                t_min: h.ddpm_t_min,
                 t_max: 1.0,
                 beta: 0.9,
             };

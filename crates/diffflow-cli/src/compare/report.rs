@@ -208,9 +208,10 @@ fn markdown(r: &Results, plan: &EvalPlan) -> String {
     );
     let _ = writeln!(
         s,
-        "- **DDPM (L)**: VP SDE (beta from 0.1 to 20 on t in [0.001, 1]), drift frozen to \
+        "- **DDPM (L)**: VP SDE (beta from 0.1 to 20 on t in [{}, 1]), drift frozen to \
          −beta(t) x/2, one ε-network (width 128, 3 hidden layers, Fourier frequencies scaled to \
-         T = 1) with score −ε/σ_t; DiffFlow's trajectory loss on the same N schedule and grid rule."
+         T = 1) with score −ε/σ_t; DiffFlow's trajectory loss on the same N schedule and grid rule.",
+        r.ddpm_t_min
     );
     let _ = writeln!(
         s,
