@@ -643,6 +643,7 @@ fn progressive_measurement(
             schedule,
             iters: t.iters,
             seconds: t.seconds,
+            cpu_seconds: t.cpu_seconds,
             curve,
         });
     }

@@ -30,7 +30,12 @@ pub struct ProgressiveRun {
     pub label: String,
     pub schedule: String,
     pub iters: usize,
+    /// Wall seconds of training.
     pub seconds: f64,
+    /// CPU seconds of training (0 unless the budget was CPU time).
+    pub cpu_seconds: f64,
+    /// Measurements; their `seconds` are on the budget's clock (CPU seconds under a CPU-time
+    /// budget, wall seconds otherwise).
     pub curve: Vec<CurvePoint>,
 }
 
@@ -43,7 +48,8 @@ pub struct Progressive {
     pub runs: Vec<ProgressiveRun>,
     /// The worse of the two runs' final validation losses (mean of their last 3 values).
     pub target: f64,
-    /// Training seconds each run took to first reach `target` (None: never).
+    /// Training seconds (on the budget's clock) each run took to first reach `target`
+    /// (None: never).
     pub time_to_target: Vec<Option<f64>>,
     /// time(fixed) / time(progressive).
     pub speedup: Option<f64>,
@@ -168,7 +174,7 @@ pub fn steps_chart(path: &Path, reports: &[DatasetReport]) -> Result<()> {
         .collect();
     plot::line_chart(
         path,
-        "Degeneracy with fewer sampling steps: SW2(N) / SW2(N max), geometric mean over data sets",
+        "SW2(N) / SW2(N max), geometric mean over data sets",
         "sampling steps N",
         "SW2 ratio",
         &series,
@@ -385,16 +391,22 @@ fn markdown(r: &Results, plan: &EvalPlan) -> String {
              the worse of the two final values (mean of the last three measurements) = {} nats.\n",
             p.val_n, p.val_points, f(p.target, 4)
         );
+        let cpu = p.runs.iter().any(|r| r.cpu_seconds > 0.0);
+        let clock = if cpu { "CPU s" } else { "s" };
         let _ = writeln!(
             s,
-            "| run | N schedule | iterations | training s | final val. loss | s to target |"
+            "| run | N schedule | iterations | wall s | CPU s | final val. loss | {clock} to target |"
         );
-        // Seconds are CPU seconds under a CPU-time budget, wall seconds otherwise.
-        let _ = writeln!(s, "|---|---|---:|---:|---:|---:|");
+        let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|");
         for (run, t) in p.runs.iter().zip(&p.time_to_target) {
+            let cpu_s = if cpu {
+                format!("{:.0}", run.cpu_seconds)
+            } else {
+                "–".to_string()
+            };
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {:.0} | {} | {} |",
+                "| {} | {} | {} | {:.0} | {cpu_s} | {} | {} |",
                 run.label,
                 run.schedule,
                 run.iters,
@@ -406,8 +418,11 @@ fn markdown(r: &Results, plan: &EvalPlan) -> String {
         }
         let _ = writeln!(
             s,
-            "\nSpeed-up of progressive training (time of fixed N / time of progressive to the target): {}.",
-            p.speedup.map(|v| format!("{v:.2}×")).unwrap_or_else(|| "–".into())
+            "\nSpeed-up of progressive training (time of fixed N / time of progressive to the \
+             target, {clock}): {}.",
+            p.speedup
+                .map(|v| format!("{v:.2}×"))
+                .unwrap_or_else(|| "–".into())
         );
     }
     let _ = writeln!(s, "\n## Files\n");
