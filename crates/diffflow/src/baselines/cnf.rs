@@ -85,7 +85,7 @@ pub enum Trace {
 
 /// Velocity and divergence `(v, ∇·v)` of `net` at `(x, t)` as candle ops, by the JVP.
 /// `probe` = the Hutchinson probe, or `None` for the exact divergence.
-/// Shapes: `x` [B, d] → (`v` [B, d], `div` [B]).
+/// Shapes: `x` `[B, d]` → (`v` `[B, d]`, `div` `[B]`).
 pub fn velocity_divergence(
     net: &Mlp,
     x: &Tensor,
@@ -124,7 +124,7 @@ pub fn velocity_divergence(
 
 /// Per-row NLL of `x0` under the CNF, integrating `d[x, ℓ]/dt = [v, ∇·v]` by RK4 along the
 /// increasing grid `ts` (from `ts[0]` to its end), as a differentiable candle graph:
-/// `−log p(x_0) = ½‖x_T‖² + (d/2) log 2π − ℓ_T`. Returns (NLL [B], `x_T` [B, d]).
+/// `−log p(x_0) = ½‖x_T‖² + (d/2) log 2π − ℓ_T`. Returns (NLL `[B]`, `x_T` `[B, d]`).
 /// Shapes: `x0` [B, d], `probe` [B, d].
 pub fn cnf_nll(
     net: &Mlp,
