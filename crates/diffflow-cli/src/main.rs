@@ -1,6 +1,7 @@
 //! `diffflow`: train, sample and evaluate Diffusion Normalizing Flow models.
 
 mod bench_tabular;
+mod compare;
 mod eval;
 mod plot;
 mod progress;
@@ -31,6 +32,8 @@ enum Command {
     Eval(eval::EvalArgs),
     /// The tabular table: DiffFlow, baselines and a Gaussian on MINIBOONE and digits.
     BenchTabular(bench_tabular::BenchTabularArgs),
+    /// DiffFlow against DDPM and a CNF on the 2-D sets (Figures 4-5, NLL and sample quality).
+    Compare(compare::CompareArgs),
 }
 
 fn main() -> ExitCode {
@@ -40,6 +43,7 @@ fn main() -> ExitCode {
         Command::Sample(args) => sample::run(args),
         Command::Eval(args) => eval::run(args),
         Command::BenchTabular(args) => bench_tabular::run(args),
+        Command::Compare(args) => compare::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -56,6 +56,44 @@ impl std::str::FromStr for Weights {
     }
 }
 
+/// Which model the two networks make up (paper 3.4 and its baselines).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelKind {
+    /// DiffFlow: learned drift `f` and score `s` (two MLPs).
+    #[default]
+    DiffFlow,
+    /// DDPM: the drift frozen to the VP SDE's `−β(t) x / 2` (no parameters) and one MLP
+    /// `ε_θ` with score `s = −ε_θ / σ_t`; needs `g = vp`. Trained by the trajectory loss
+    /// ("DDPM (L)", [`crate::train::Trainer`]) or the ε loss ("DDPM (L_s)",
+    /// [`crate::baselines::ddpm::EpsTrainer`]).
+    Ddpm,
+    /// FFJORD-style CNF: drift = the velocity MLP `v`, score = 0, so the probability flow is
+    /// `dx = v dt` whatever `g`; trained by maximum likelihood
+    /// ([`crate::baselines::cnf::CnfTrainer`]).
+    Cnf,
+}
+
+impl ModelKind {
+    fn is_diffflow(&self) -> bool {
+        *self == ModelKind::DiffFlow
+    }
+}
+
+impl std::str::FromStr for ModelKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "diffflow" => Ok(ModelKind::DiffFlow),
+            "ddpm" => Ok(ModelKind::Ddpm),
+            "cnf" => Ok(ModelKind::Cnf),
+            _ => Err(Error::config(format!(
+                "unknown model kind '{s}' (expected diffflow, ddpm or cnf)"
+            ))),
+        }
+    }
+}
+
 /// What training does when a NaN or infinity appears in the loss, the gradients or the state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -125,6 +163,9 @@ pub struct DataConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
+    /// DiffFlow (default; absent from older files) or a baseline.
+    #[serde(default, skip_serializing_if = "ModelKind::is_diffflow")]
+    pub kind: ModelKind,
     /// Precision of weights and states.
     pub precision: Precision,
     /// Drift and score architecture (the same for both, separate weights).
@@ -271,6 +312,7 @@ impl RunConfig {
                     file: None,
                 },
                 model: ModelConfig {
+                    kind: ModelKind::DiffFlow,
                     precision: Precision::F32,
                     net: MlpConfig::paper_2d(),
                     g: Diffusion::Constant { value: 0.2 },
@@ -448,6 +490,11 @@ impl RunConfig {
         }
         self.model.grid.validate()?;
         self.model.g.validate(self.model.grid.t_max)?;
+        if self.model.kind == ModelKind::Ddpm && !matches!(self.model.g, Diffusion::Vp { .. }) {
+            return Err(Error::config(
+                "model.kind = \"ddpm\" needs the VP diffusion (model.g.kind = \"vp\")",
+            ));
+        }
         self.model.net.validate()?;
         if let Some(f) = &self.data.file {
             f.validate()?;

@@ -6,6 +6,7 @@
 
 pub mod adjoint;
 pub mod analytic;
+pub mod baselines;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
@@ -13,6 +14,7 @@ pub mod error;
 pub mod flow;
 pub mod gaussian;
 pub mod likelihood;
+pub mod metrics;
 pub mod nn;
 pub mod ode;
 pub mod optim;

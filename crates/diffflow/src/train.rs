@@ -7,7 +7,7 @@ use crate::config::{DataConfig, ModelConfig, NanAction, RunConfig, Weights};
 use crate::data::source::{self, ColumnMap, FileSource};
 use crate::data::{toy_2d, Standardizer};
 use crate::flow::{DiffFlow, Steps};
-use crate::nn::{Mlp, TimeNet};
+use crate::nn::TimeNet;
 use crate::optim::{clip_global_norm, step_decay, Adam, Ema};
 use crate::rng::{Rng, RngState, Stream};
 use crate::sde::{fixed_grid, flexible_grid, GridKind};
@@ -165,14 +165,10 @@ pub fn shuffle_rows(x: &mut [f64], d: usize, rng: &mut Rng) {
     }
 }
 
-/// Drift and score nets of `cfg` for dimension `dim`, initialised from `rng`.
+/// Drift and score nets of `cfg` for dimension `dim`, initialised from `rng` (for the
+/// model kinds see [`crate::baselines::build`]).
 pub fn build_flow(cfg: &ModelConfig, dim: usize, rng: &mut Rng) -> Result<DiffFlow> {
-    let dtype = cfg.precision.dtype();
-    Ok(DiffFlow {
-        drift: Box::new(Mlp::new(dim, &cfg.net, dtype, rng)?),
-        score: Box::new(Mlp::new(dim, &cfg.net, dtype, rng)?),
-        diffusion: cfg.g,
-    })
+    crate::baselines::build(cfg, dim, rng)
 }
 
 /// What one iteration did.
@@ -288,6 +284,11 @@ impl Trainer {
             return Err(Error::config(
                 "train.validation.every > 0 needs validation points (a data file with a \
                  validation split or file)",
+            ));
+        }
+        if cfg.model.kind == crate::config::ModelKind::Cnf {
+            return Err(Error::config(
+                "a CNF is trained by maximum likelihood (baselines::cnf::CnfTrainer)",
             ));
         }
         let seed = cfg.train.seed;

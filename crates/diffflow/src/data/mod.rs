@@ -24,4 +24,4 @@ pub mod toy;
 
 pub use standardize::Standardizer;
 pub use tabular::{LoadOptions, Table};
-pub use toy::{toy_2d, TOY_DATASETS};
+pub use toy::{toy_2d, toy_components, TOY_DATASETS};

@@ -95,6 +95,22 @@ pub fn toy_2d(name: &str, n: usize, noise: Option<f64>, rng: &mut Rng) -> Result
     Ok(pts)
 }
 
+/// The mixture component (mode) of each of the `n` points that [`toy_2d`] returns for
+/// `name`, for the sets whose points come grouped by component in generation order:
+/// `olympic` (5 circles, in [`OLYMPIC_CENTRES`] order), `rings` (4 circles: the last four),
+/// `pinwheel` (5 arms), `2spirals` (2 arms) and `moons` (outer, inner); `None` for the others.
+/// It depends only on `n`, not on the draws. Shapes: → `[n]`.
+pub fn toy_components(name: &str, n: usize) -> Option<Vec<usize>> {
+    let blocks = |k: usize| (0..n).map(|i| block_of(i, n, k)).collect();
+    match name {
+        "olympic" | "pinwheel" => Some(blocks(5)),
+        "rings" => Some(blocks(4)),
+        "2spirals" => Some((0..n).map(|i| usize::from(i >= n - n / 2)).collect()),
+        "moons" => Some((0..n).map(|i| usize::from(i >= n / 2)).collect()),
+        _ => None,
+    }
+}
+
 /// Dispatch to the generator; `name` is known to be valid.
 fn generate(name: &str, n: usize, s: f64, rng: &mut Rng) -> Result<Vec<f64>> {
     if let Some(set) = ImageSet::from_name(name) {
@@ -311,6 +327,29 @@ mod tests {
                 assert!((c as f64 - share).abs() <= 1.0, "{name}: {c} vs {share}");
             }
         }
+    }
+
+    #[test]
+    fn components_are_the_circles_the_points_lie_on() {
+        for (name, centres) in [
+            ("olympic", &OLYMPIC_CENTRES[..]),
+            ("rings", &OLYMPIC_CENTRES[1..]),
+        ] {
+            let n = 103;
+            let pts = toy_2d(name, n, Some(0.0), &mut Rng::new(9)).unwrap();
+            let raw = unscale(&pts, centres, 9);
+            let labels = toy_components(name, n).unwrap();
+            assert_eq!(labels.len(), n);
+            for (p, l) in raw.chunks_exact(2).zip(&labels) {
+                assert!(
+                    circle_of(p, centres).contains(l),
+                    "{name}: {p:?} not on circle {l}"
+                );
+            }
+        }
+        let spirals = toy_components("2spirals", 5).unwrap();
+        assert_eq!(spirals, vec![0, 0, 0, 1, 1]);
+        assert!(toy_components("checkerboard", 10).is_none());
     }
 
     #[test]

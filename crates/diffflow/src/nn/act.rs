@@ -58,6 +58,43 @@ impl Activation {
         }
     }
 
+    /// Value and derivative `(act(x), act'(x))`, both differentiable candle ops (for the
+    /// forward-mode JVP of [`super::Mlp::forward_jvp`], which the CNF differentiates again):
+    /// GELU' = `Φ(x) + x φ(x)` from erf and exp; ReLU' is the step `x > 0` (no gradient).
+    pub fn apply_with_derivative(self, x: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
+        match self {
+            Activation::Gelu => {
+                let cdf = ((x.affine(std::f64::consts::FRAC_1_SQRT_2, 0.0)?.erf()? + 1.0)? * 0.5)?;
+                let pdf = x
+                    .sqr()?
+                    .affine(-0.5, 0.0)?
+                    .exp()?
+                    .affine(FRAC_1_SQRT_2PI, 0.0)?;
+                let y = (x * &cdf)?;
+                let dy = (cdf + (x * pdf)?)?;
+                Ok((y, dy))
+            }
+            Activation::Silu => {
+                let sig = (x.neg()?.exp()? + 1.0)?.recip()?;
+                let y = (x * &sig)?;
+                // σ (1 + x (1 − σ))
+                let one_minus = sig.affine(-1.0, 1.0)?;
+                let dy = (&sig * ((x * one_minus)? + 1.0)?)?;
+                Ok((y, dy))
+            }
+            Activation::Tanh => {
+                let y = x.tanh()?;
+                let dy = y.sqr()?.affine(-1.0, 1.0)?;
+                Ok((y, dy))
+            }
+            Activation::Relu => {
+                let y = x.relu()?;
+                let dy = x.gt(0.0)?.to_dtype(x.dtype())?;
+                Ok((y, dy))
+            }
+        }
+    }
+
     /// Value and derivative at `a`, in f64 (the reference for the kernels).
     pub fn eval_f64(self, a: f64) -> (f64, f64) {
         match self {

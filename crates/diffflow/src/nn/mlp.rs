@@ -198,6 +198,47 @@ impl Mlp {
     }
 }
 
+impl Mlp {
+    /// The forward pass with forward-mode Jacobian-vector products, all as differentiable
+    /// candle ops (candle has no second-order gradients, so the CNF's divergence is built
+    /// this way and then differentiated once by candle's autograd). For each tangent `u_k`
+    /// returns `J u_k` with `J = ∂net(x, t)/∂x`: the tangent follows the layers,
+    /// `u̇ ← act'(a) ⊙ (u̇ Wᵀ)` at each hidden layer with pre-activation `a` (the time
+    /// features do not depend on `x`), and `u̇ Wᵀ` at the output.
+    /// Shapes: `x` [B, d], each tangent [B, d] → (`y` [B, d], each `J u_k` [B, d]).
+    pub fn forward_jvp(
+        &self,
+        x: &Tensor,
+        t: f64,
+        tangents: &[Tensor],
+    ) -> Result<(Tensor, Vec<Tensor>)> {
+        let act = self.cfg.activation;
+        let ht = self.time_embedding(t)?;
+        let w_in = self.var(idx::IN_W).t()?;
+        let pre = self.linear(x, idx::IN_W)?.broadcast_add(&ht)?;
+        let (mut h, mut dh) = act.apply_with_derivative(&pre)?;
+        let mut tan: Vec<Tensor> = tangents
+            .iter()
+            .map(|u| Ok((u.matmul(&w_in)? * &dh)?))
+            .collect::<Result<_>>()?;
+        for l in 0..self.cfg.depth {
+            let w = self.var(idx::hidden_w(l)).t()?;
+            let pre = self.linear(&h, idx::hidden_w(l))?;
+            (h, dh) = act.apply_with_derivative(&pre)?;
+            for u in tan.iter_mut() {
+                *u = (u.matmul(&w)? * &dh)?;
+            }
+        }
+        let w_out = self.var(idx::out_w(self.cfg.depth)).t()?;
+        let y = self.linear(&h, idx::out_w(self.cfg.depth))?;
+        let tan = tan
+            .iter()
+            .map(|u| Ok(u.matmul(&w_out)?))
+            .collect::<Result<_>>()?;
+        Ok((y, tan))
+    }
+}
+
 impl TimeNet for Mlp {
     fn dim(&self) -> usize {
         self.dim

@@ -11,6 +11,10 @@ pub enum Diffusion {
     Constant { value: f64 },
     /// `g(t)` linear in `t` from `start` at `t = 0` to `end` at `t = t_end` (monotone).
     Linear { start: f64, end: f64, t_end: f64 },
+    /// The variance-preserving SDE of DDPM (Song et al. 2021): `g(t) = sqrt(β(t))` with
+    /// `β(t) = beta_min + t (beta_max − beta_min)` (its drift `−β(t) x / 2` is
+    /// [`crate::baselines::ddpm::VpDrift`]).
+    Vp { beta_min: f64, beta_max: f64 },
 }
 
 impl Default for Diffusion {
@@ -25,6 +29,15 @@ impl Diffusion {
         match *self {
             Diffusion::Constant { value } => value,
             Diffusion::Linear { start, end, t_end } => start + (end - start) * (t / t_end),
+            Diffusion::Vp { beta_min, beta_max } => (beta_min + t * (beta_max - beta_min)).sqrt(),
+        }
+    }
+
+    /// The standard VP schedule of Song et al.: `β(t) = 0.1 + 19.9 t` on `[ε, 1]`.
+    pub fn vp_default() -> Self {
+        Diffusion::Vp {
+            beta_min: 0.1,
+            beta_max: 20.0,
         }
     }
 
@@ -41,6 +54,9 @@ impl Diffusion {
             Diffusion::Linear { start, end, t_end } => {
                 ok(start) && ok(self.at(t_max)) && ok(end) && t_end.is_finite() && t_end > 0.0
             }
+            Diffusion::Vp { beta_min, beta_max } => {
+                ok(beta_min) && ok(beta_max) && ok(self.at(t_max))
+            }
         };
         if valid {
             Ok(())
@@ -51,14 +67,28 @@ impl Diffusion {
         }
     }
 
-    /// Parses `0.2` (constant) or `linear:0.1:1.0` (from 0.1 at t = 0 to 1.0 at t = T).
+    /// Parses `0.2` (constant), `linear:0.1:1.0` (from 0.1 at t = 0 to 1.0 at t = T), `vp`
+    /// (the VP SDE with β from 0.1 to 20) or `vp:BETA_MIN:BETA_MAX`.
     pub fn parse(s: &str, t_max: f64) -> Result<Self> {
         let num = |v: &str| {
             v.trim()
                 .parse::<f64>()
                 .map_err(|_| Error::config(format!("bad number '{v}' in diffusion '{s}'")))
         };
-        let g = if let Some(rest) = s.strip_prefix("linear:") {
+        let g = if s == "vp" {
+            Diffusion::vp_default()
+        } else if let Some(rest) = s.strip_prefix("vp:") {
+            let parts: Vec<&str> = rest.split(':').collect();
+            if parts.len() != 2 {
+                return Err(Error::config(format!(
+                    "diffusion '{s}': expected vp:BETA_MIN:BETA_MAX"
+                )));
+            }
+            Diffusion::Vp {
+                beta_min: num(parts[0])?,
+                beta_max: num(parts[1])?,
+            }
+        } else if let Some(rest) = s.strip_prefix("linear:") {
             let parts: Vec<&str> = rest.split(':').collect();
             if parts.len() != 2 {
                 return Err(Error::config(format!(
@@ -221,7 +251,27 @@ mod tests {
         assert!((l.at(0.0) - 0.1).abs() < 1e-15);
         assert!((l.at(0.05) - 1.0).abs() < 1e-15);
         assert!((l.at(0.025) - 0.55).abs() < 1e-15);
-        for bad in ["0", "-1", "nan", "linear:0.1", "linear:-1:1", "abc"] {
+        let vp = Diffusion::parse("vp", 1.0).unwrap();
+        assert_eq!(vp, Diffusion::vp_default());
+        assert!((vp.at(0.5) - (0.1f64 + 0.5 * 19.9).sqrt()).abs() < 1e-15);
+        assert_eq!(
+            Diffusion::parse("vp:0.2:10", 1.0).unwrap(),
+            Diffusion::Vp {
+                beta_min: 0.2,
+                beta_max: 10.0
+            }
+        );
+        for bad in [
+            "0",
+            "-1",
+            "nan",
+            "linear:0.1",
+            "linear:-1:1",
+            "abc",
+            "vp:1",
+            "vp:0:20",
+            "vp:0.1:-2",
+        ] {
             assert!(Diffusion::parse(bad, 0.05).is_err(), "{bad}");
         }
     }
