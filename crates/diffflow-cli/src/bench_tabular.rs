@@ -12,12 +12,19 @@
 use crate::progress::TrainProgress;
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use diffflow::baselines::cnf::{CnfTrainer, Trace};
+use diffflow::baselines::ddpm::EpsTrainer;
 use diffflow::checkpoint::atomic_write;
-use diffflow::config::{tabular_width, Preset, RunConfig};
+use diffflow::config::{tabular_width, ModelKind, Preset, RunConfig, Weights};
 use diffflow::data::source::{Dequantize, FileSource};
+use diffflow::flow::DiffFlow;
 use diffflow::gaussian::Gaussian;
-use diffflow::likelihood::{summarize, NllOptions};
+use diffflow::likelihood::{pf_ode_nll, summarize, NllOptions};
+use diffflow::nn::MlpConfig;
+use diffflow::rng::{Rng, Stream};
+use diffflow::sde::{Diffusion, GridKind, GridSpec, StepsSchedule};
 use diffflow::train::{load_run_file, TrainData, Trainer, BEST_FILE, CONFIG_FILE, MODEL_FILE};
+use diffflow::validation::ValidationConfig;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -49,6 +56,13 @@ pub struct BenchTabularArgs {
     /// Overwrite results already in the output folder.
     #[arg(long)]
     force: bool,
+    /// Models, comma-separated: gaussian, diffflow, ddpm, cnf.
+    #[arg(long, default_value = "gaussian,diffflow,ddpm,cnf")]
+    models: String,
+    /// Training budget of each baseline (DDPM, CNF) in CPU seconds (default: the CPU time
+    /// DiffFlow's training took on the same data set: matched compute).
+    #[arg(long)]
+    baseline_cpu_seconds: Option<f64>,
 }
 
 /// One data set of the benchmark.
@@ -250,15 +264,35 @@ pub fn run(args: BenchTabularArgs) -> Result<()> {
             .unwrap_or(usize::MAX)
             .min(data.test.len() / d);
         let test = &data.test[..n_test * d];
-        results.rows.push(gaussian_row(set.name, &data, test)?);
-        let out = args.out.join(set.name).join("diffflow");
-        results
-            .rows
-            .push(diffflow_row(set.name, cfg, data.clone(), test, &out)?);
-        for model in ["DDPM", "CNF"] {
-            let mut r = Row::new(set.name, model);
-            r.status = "not run: baseline not available (issue 7 not on main)".into();
-            results.rows.push(r);
+        let wants = |m: &str| args.models.split(',').any(|x| x.trim() == m);
+        if wants("gaussian") {
+            results.rows.push(gaussian_row(set.name, &data, test)?);
+        }
+        let mut budget = args.baseline_cpu_seconds;
+        if wants("diffflow") {
+            let out = args.out.join(set.name).join("diffflow");
+            let row = diffflow_row(set.name, cfg.clone(), data.clone(), test, &out)?;
+            budget = budget.or(Some(row.train_cpu_seconds));
+            results.rows.push(row);
+        }
+        for which in [Baseline::Ddpm, Baseline::Cnf] {
+            if !wants(which.key()) {
+                continue;
+            }
+            let Some(budget) = budget else {
+                bail!("the baselines need --baseline-cpu-seconds when diffflow is not run");
+            };
+            let bcfg = baseline_config(which, &cfg, d);
+            let row = match baseline_row(set.name, which, bcfg, &data, test, budget) {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("   {}: {e:#}", which.name());
+                    let mut r = Row::new(set.name, which.name());
+                    r.status = format!("failed: {e:#}");
+                    r
+                }
+            };
+            results.rows.push(row);
         }
         // Write as we go: a long benchmark keeps what it has.
         write_results(&args.out, &mut results)?;
@@ -373,6 +407,206 @@ fn diffflow_row(
     Ok(row)
 }
 
+/// The project's baselines (issue 7), trained on the same data with matched parameters and
+/// compute.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Baseline {
+    /// DDPM on the VP SDE trained by the ε-prediction loss ("DDPM (L_s)").
+    Ddpm,
+    /// FFJORD-style CNF trained by maximum likelihood.
+    Cnf,
+}
+
+impl Baseline {
+    fn key(self) -> &'static str {
+        match self {
+            Baseline::Ddpm => "ddpm",
+            Baseline::Cnf => "cnf",
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Baseline::Ddpm => "DDPM (L_s)",
+            Baseline::Cnf => "CNF",
+        }
+    }
+}
+
+/// One Fourier MLP like `base` whose width (a multiple of 8) brings its parameter count
+/// nearest to `target` for dimension `d`, with the time frequencies scaled from DiffFlow's
+/// `T = 0.05` to the baselines' `T = 1` (so that `c·t` spans the same range).
+fn one_net(base: &MlpConfig, d: usize, target: usize) -> MlpConfig {
+    let mut best = base.clone();
+    for w in (8..=4 * base.width).step_by(8) {
+        let c = MlpConfig {
+            width: w,
+            ..base.clone()
+        };
+        if c.num_params(d).abs_diff(target) < best.num_params(d).abs_diff(target) {
+            best = c;
+        }
+    }
+    best.freq_min *= 0.05;
+    best.freq_max *= 0.05;
+    best
+}
+
+/// The configuration of a baseline next to DiffFlow's `cfg` (same data, batch, optimiser,
+/// EMA, seed): one net with the parameters of DiffFlow's two; DDPM on the VP SDE on
+/// `[0.001, 1]`; the CNF on `[0, 1]` with 6 RK4 steps, a quarter of the batch and
+/// Hutchinson's trace in training (exact in evaluation).
+fn baseline_config(which: Baseline, cfg: &RunConfig, d: usize) -> RunConfig {
+    let mut c = cfg.clone();
+    c.model.net = one_net(&cfg.model.net, d, 2 * cfg.model.net.num_params(d));
+    c.train.validation = ValidationConfig::default();
+    c.train.lr_decay_every = 0; // set from the budget fraction
+    match which {
+        Baseline::Ddpm => {
+            c.model.kind = ModelKind::Ddpm;
+            c.model.g = Diffusion::vp_default();
+            c.model.grid = GridSpec {
+                t_min: 1e-3,
+                t_max: 1.0,
+                beta: 0.9,
+            };
+        }
+        Baseline::Cnf => {
+            c.model.kind = ModelKind::Cnf;
+            c.model.grid = GridSpec {
+                t_min: 0.0,
+                t_max: 1.0,
+                beta: 1.0,
+            };
+            c.train.steps = StepsSchedule::constant(6);
+            c.train.grid = GridKind::Fixed;
+            c.train.batch = cfg.train.batch.div_ceil(4);
+        }
+    }
+    c
+}
+
+/// Validations of a baseline over its budget.
+const BASELINE_VALIDATIONS: usize = 5;
+
+/// Trains a baseline for `budget` CPU seconds (its validations not counted), the learning
+/// rate decayed ×0.9 ten times over the budget, validating the probability-flow NLL of the
+/// EMA weights on the validation points at every fifth of the budget; the best is
+/// evaluated on the test points.
+fn baseline_row(
+    set: &str,
+    which: Baseline,
+    cfg: RunConfig,
+    data: &TrainData,
+    test: &[f64],
+    budget: f64,
+) -> Result<Row> {
+    enum Fit {
+        Eps(Box<EpsTrainer>),
+        Cnf(Box<CnfTrainer>),
+    }
+    let mut row = Row::new(set, which.name());
+    let mut fit = match which {
+        Baseline::Ddpm => Fit::Eps(Box::new(EpsTrainer::new(cfg.clone(), data.clone(), 10)?)),
+        Baseline::Cnf => Fit::Cnf(Box::new(CnfTrainer::new(
+            cfg.clone(),
+            data.clone(),
+            Trace::Hutchinson,
+        )?)),
+    };
+    let flow_of = |fit: &Fit| -> diffflow::Result<DiffFlow> {
+        match fit {
+            Fit::Eps(t) => t.sampling_flow(Weights::Ema),
+            Fit::Cnf(t) => t.sampling_flow(Weights::Ema),
+        }
+    };
+    row.params = flow_of(&fit)?.num_params();
+    eprintln!(
+        "   {}: {} parameters, {budget:.0} CPU seconds of training, batch {}, width {}",
+        which.name(),
+        row.params,
+        cfg.train.batch,
+        cfg.model.net.width
+    );
+    let threads = cfg.train.threads;
+    let t = [cfg.model.grid.t_min, cfg.model.grid.t_max];
+    let opts = NllOptions {
+        threads,
+        ..NllOptions::default()
+    };
+    let validate = |flow: &DiffFlow| -> Result<f64> {
+        let mut rng = Rng::stream(cfg.train.seed, Stream::Eval);
+        let nll = pf_ode_nll(flow, &data.val, &t, &opts, &mut rng, &|_| {})?;
+        Ok(summarize(&nll.nll).mean)
+    };
+    let (mut cpu, mut wall, mut iters, mut done_vals) = (0.0, 0.0, 0usize, 0usize);
+    let mut best: Option<(f64, DiffFlow, usize)> = None;
+    while done_vals < BASELINE_VALIDATIONS {
+        let frac = cpu / budget;
+        let lr = cfg.train.lr * 0.9f64.powi((10.0 * frac.min(1.0)).floor() as i32);
+        let (w0, c0) = (Instant::now(), cpu_seconds());
+        let loss = match &mut fit {
+            Fit::Eps(t) => {
+                t.opt.lr = lr;
+                t.train_step()?.loss
+            }
+            Fit::Cnf(t) => {
+                t.opt.lr = lr;
+                t.train_step()?.loss
+            }
+        };
+        cpu += cpu_seconds() - c0;
+        wall += w0.elapsed().as_secs_f64();
+        iters += 1;
+        if !loss.is_finite() {
+            bail!("non-finite training loss at iteration {iters}");
+        }
+        let due = ((cpu / budget) * BASELINE_VALIDATIONS as f64).floor() as usize;
+        if due > done_vals {
+            done_vals = due.min(BASELINE_VALIDATIONS);
+            let flow = flow_of(&fit)?;
+            let v = validate(&flow)?;
+            let improved = best.as_ref().is_none_or(|b| v < b.0);
+            eprintln!(
+                "   {}: iteration {iters}, {cpu:.0} CPU s: validation NLL {v:.4} (standardised){}",
+                which.name(),
+                if improved { ", best so far" } else { "" }
+            );
+            if improved {
+                best = Some((v, flow, iters));
+            }
+        }
+    }
+    row.train_seconds = wall;
+    row.train_cpu_seconds = cpu;
+    row.iters = Some(iters);
+    let (_, flow, best_iter) = best.expect("validated at least once");
+    row.best_step = Some(best_iter);
+    let settings = crate::eval::Settings {
+        nll: opts,
+        t: t.to_vec(),
+        elbo: None,
+        seed: cfg.train.seed,
+        progress: true,
+    };
+    let r = crate::eval::evaluate(&flow, &data.standardizer, test, &settings)?;
+    row.eval_seconds = r.seconds;
+    row.test_nll = Some(r.nll);
+    row.test_nll_stderr = Some(r.nll_stderr);
+    row.test_points = r.n;
+    row.nfe = Some(r.nfe);
+    eprintln!(
+        "   {}: {iters} iterations in {wall:.0} s ({cpu:.0} CPU s); best of iteration \
+         {best_iter}: test NLL {:.3} ± {:.3} nats (NFE {:.0}, {:.0} s)",
+        which.name(),
+        r.nll,
+        r.nll_stderr,
+        r.nfe,
+        r.seconds
+    );
+    Ok(row)
+}
+
 /// The table as Markdown, with the notes on each data set.
 fn table(r: &Results) -> String {
     use std::fmt::Write;
@@ -452,6 +686,17 @@ fn table(r: &Results) -> String {
          included), mean over the test points ± its standard error; DiffFlow by the \
          probability-flow ODE (Dormand-Prince, rtol = atol = 1e-5, exact divergence) with the \
          EMA weights of the checkpoint with the best validation negative ELBO."
+    );
+    let _ = writeln!(
+        o,
+        "- Baselines (the project's, issue 7), each with one net of about the parameters of \
+         DiffFlow's two and the CPU time DiffFlow's training took on the same data (matched \
+         compute; their validations not counted): DDPM (L_s) = the VP SDE on [0.001, 1] \
+         trained by the epsilon-prediction loss (10 time groups per batch); CNF = FFJORD-style \
+         ODE on [0, 1], 6 RK4 steps, Hutchinson trace in training, batch 64. Both with the same \
+         Adam, clipping and EMA as DiffFlow (learning rate x0.9 ten times over the budget), \
+         the EMA weights with the best validation NLL among 5 validations evaluated exactly \
+         like DiffFlow."
     );
     let _ = writeln!(
         o,

@@ -359,7 +359,8 @@ fn bench_tabular_writes_the_table() {
     for want in [
         "| digits | 61 | Gaussian (full covariance) |",
         "| digits | 61 | DiffFlow |",
-        "| digits | 61 | DDPM |",
+        "| digits | 61 | DDPM (L_s) |",
+        "| digits | 61 | CNF |",
         "dequantised",
     ] {
         assert!(table.contains(want), "'{want}' in:\n{table}");
