@@ -1,5 +1,6 @@
 //! `diffflow`: train, sample and evaluate Diffusion Normalizing Flow models.
 
+mod bench;
 mod plot;
 mod progress;
 mod train;
@@ -22,12 +23,15 @@ struct Cli {
 enum Command {
     /// Train a DiffFlow model on a built-in 2-D data set.
     Train(train::TrainArgs),
+    /// Measure training and sampling speed, GEMM throughput and peak memory.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Train(args) => train::run(args),
+        Command::Bench(args) => bench::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

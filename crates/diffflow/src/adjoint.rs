@@ -298,3 +298,26 @@ pub fn gradient(
         GradMethod::Naive => naive_gradient(flow, x0, steps, noise),
     }
 }
+
+/// Matrix-multiply FLOPs of one gradient of the batch-mean loss with two [`crate::nn::Mlp`]s
+/// of architecture `cfg` (see [`crate::nn::mlp_forward_flops`]), batch `batch`, N = `n`.
+/// Adjoint: `N` graph-free drift passes for the trajectory, then at each node `j = N … 0` one
+/// kept drift pass and drift pullback, and for `j ≥ 1` one kept score pass and score pullback.
+/// Naive backprop: `3N` forward passes (`f(x_i)`, `f(x_{i+1})`, `s(x_{i+1})`) and their
+/// `3N` pullbacks.
+pub fn matmul_flops(
+    method: GradMethod,
+    cfg: &crate::nn::MlpConfig,
+    d: usize,
+    batch: usize,
+    n: usize,
+) -> u64 {
+    use crate::nn::{mlp_forward_flops, mlp_pullback_flops};
+    let fwd = mlp_forward_flops(cfg, d, batch);
+    let back = mlp_pullback_flops(cfg, d, batch, true);
+    let n = n as u64;
+    match method {
+        GradMethod::Adjoint => (3 * n + 1) * fwd + (2 * n + 1) * back,
+        GradMethod::Naive => 3 * n * (fwd + back),
+    }
+}

@@ -10,7 +10,7 @@ use candle_core::{Device, Tensor};
 /// `dst[m, n] (+)= A[m, k] · B[k, n]`, with `dst` row-major contiguous and `A`, `B` given by
 /// their row and column strides (so transposes are free).
 #[allow(clippy::too_many_arguments)]
-fn matmul<T: Real>(
+pub(crate) fn matmul<T: Real>(
     dst: &mut [T],
     m: usize,
     n: usize,

@@ -9,10 +9,12 @@
 //! [`AutogradEngine`], built on `forward`.
 
 mod act;
+mod flops;
 mod kernel;
 mod mlp;
 
 pub use act::{fast, Activation, Real};
+pub use flops::{gemm_gflops, mlp_forward_flops, mlp_pullback_flops};
 pub use kernel::MlpEngine;
 pub use mlp::{Mlp, MlpConfig};
 
