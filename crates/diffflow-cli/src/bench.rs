@@ -4,7 +4,7 @@
 
 use anyhow::{bail, Result};
 use clap::Args;
-use diffflow::adjoint::{matmul_flops, GradMethod};
+use diffflow::adjoint::{cached_nodes, matmul_flops, tiles, GradMethod};
 use diffflow::config::{Preset, RunConfig};
 use diffflow::flow::Steps;
 use diffflow::nn::gemm_gflops;
@@ -168,7 +168,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let data = TrainData::toy(&cfg.data, t.seed)?;
     let d = data.dim;
     let mut trainer = Trainer::new(cfg.clone(), data)?;
-    let rows = t.batch.div_ceil(t.chunks.clamp(1, t.batch));
+    // The GEMM of the hidden layers as training runs it: one tile's rows.
+    let rows = tiles(t.batch, t.chunks)
+        .iter()
+        .map(|(lo, hi)| hi - lo)
+        .max()
+        .unwrap_or(1);
     let h = cfg.model.net.width;
     let gemm_shape = [rows, h, h];
     if !args.json {
@@ -200,7 +205,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
         gemm.push(gemm_gflops(rows, h, h, t.threads, args.gemm_seconds));
     }
     let s_per_iter = median(&times);
-    let flops = matmul_flops(t.grad, &cfg.model.net, d, t.batch, n) as f64 / 1e9;
+    let net = &cfg.model.net;
+    let elem = cfg.model.precision.dtype().size_in_bytes();
+    let cached = cached_nodes(net.width, net.depth, d, elem, t.batch, t.chunks, n);
+    let flops = matmul_flops(t.grad, net, d, t.batch, n, cached) as f64 / 1e9;
     let gflops = flops / s_per_iter;
     let gemm_rate = median(&gemm);
 

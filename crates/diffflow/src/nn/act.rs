@@ -86,7 +86,7 @@ impl Activation {
 }
 
 /// Element types of the CPU kernels (f32 and f64).
-pub trait Real: candle_core::WithDType {
+pub trait Real: candle_core::WithDType + std::ops::Neg<Output = Self> {
     /// `a ← act(a + bias)` row by row, and `deriv ← act'(a + bias)` when given.
     /// Shapes: `a` [rows, bias.len()], `deriv` like `a`.
     fn bias_act(act: Activation, a: &mut [Self], bias: &[Self], deriv: Option<&mut [Self]>);
@@ -247,25 +247,74 @@ pub mod fast {
         body::<ACT>(a, bias, deriv)
     }
 
-    fn dispatch<const ACT: u8>(a: &mut [f32], bias: &[f32], deriv: Option<&mut [f32]>) {
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: the CPU supports the features enabled on `body_avx2`. Without fast-math
-            // flags LLVM does not contract mul+add into FMA, so results equal the plain path.
-            unsafe { body_avx2::<ACT>(a, bias, deriv) };
-            return;
-        }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
+    unsafe fn body_avx512<const ACT: u8>(a: &mut [f32], bias: &[f32], deriv: Option<&mut [f32]>) {
         body::<ACT>(a, bias, deriv)
+    }
+
+    /// Instruction sets of the kernels, best first.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub(super) enum Isa {
+        Avx512,
+        Avx2,
+        Plain,
+    }
+
+    pub(super) fn best_isa() -> Isa {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            if has!("avx512f") && has!("avx512bw") && has!("avx512dq") && has!("avx512vl") {
+                return Isa::Avx512;
+            }
+            if has!("avx2") && has!("fma") {
+                return Isa::Avx2;
+            }
+        }
+        Isa::Plain
+    }
+
+    /// The same scalar code compiled for each instruction set. Without fast-math flags LLVM
+    /// neither contracts mul+add into FMA nor reassociates, so every path gives the same bits.
+    pub(super) fn dispatch<const ACT: u8>(
+        isa: Isa,
+        a: &mut [f32],
+        bias: &[f32],
+        deriv: Option<&mut [f32]>,
+    ) {
+        match isa {
+            // SAFETY: `best_isa` found the features enabled on these functions.
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => unsafe { body_avx512::<ACT>(a, bias, deriv) },
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => unsafe { body_avx2::<ACT>(a, bias, deriv) },
+            _ => body::<ACT>(a, bias, deriv),
+        }
+    }
+
+    fn isa() -> Isa {
+        static ISA: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
+        *ISA.get_or_init(best_isa)
     }
 
     /// `a ← act(a + bias)` per row (and the derivative), f32.
     pub fn bias_act_f32(act: Activation, a: &mut [f32], bias: &[f32], deriv: Option<&mut [f32]>) {
+        bias_act_f32_isa(isa(), act, a, bias, deriv)
+    }
+
+    pub(super) fn bias_act_f32_isa(
+        isa: Isa,
+        act: Activation,
+        a: &mut [f32],
+        bias: &[f32],
+        deriv: Option<&mut [f32]>,
+    ) {
         match act {
-            Activation::Gelu => dispatch::<0>(a, bias, deriv),
-            Activation::Silu => dispatch::<1>(a, bias, deriv),
-            Activation::Tanh => dispatch::<2>(a, bias, deriv),
-            Activation::Relu => dispatch::<3>(a, bias, deriv),
+            Activation::Gelu => dispatch::<0>(isa, a, bias, deriv),
+            Activation::Silu => dispatch::<1>(isa, a, bias, deriv),
+            Activation::Tanh => dispatch::<2>(isa, a, bias, deriv),
+            Activation::Relu => dispatch::<3>(isa, a, bias, deriv),
         }
     }
 }
@@ -321,6 +370,71 @@ mod tests {
                     d[i]
                 );
                 assert_eq!(v[i], v2[i]);
+            }
+        }
+    }
+
+    /// Every instruction-set path of the f32 kernels gives the same bits.
+    #[test]
+    fn all_isa_paths_agree_bitwise() {
+        use fast::Isa;
+        let best = fast::best_isa();
+        let isas: Vec<Isa> = [Isa::Avx512, Isa::Avx2, Isa::Plain]
+            .into_iter()
+            .filter(|i| match (best, i) {
+                (_, Isa::Plain) => true,
+                (Isa::Avx512, _) => true,
+                (Isa::Avx2, Isa::Avx2) => true,
+                _ => false,
+            })
+            .collect();
+        let n = 3 * 4099;
+        let a: Vec<f32> = (0..n)
+            .map(|i| -9.0 + 18.0 * ((i * 7919) % n) as f32 / n as f32)
+            .collect();
+        let bias: Vec<f32> = (0..3).map(|i| 0.1 * i as f32 - 0.05).collect();
+        for act in [
+            Activation::Gelu,
+            Activation::Silu,
+            Activation::Tanh,
+            Activation::Relu,
+        ] {
+            let run = |isa: Isa| {
+                let (mut v, mut d) = (a.clone(), vec![0.0f32; n]);
+                fast::bias_act_f32_isa(isa, act, &mut v, &bias, Some(&mut d));
+                let mut v2 = a.clone();
+                fast::bias_act_f32_isa(isa, act, &mut v2, &bias, None);
+                let bits = |x: &[f32]| x.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                (bits(&v), bits(&d), bits(&v2))
+            };
+            let want = run(Isa::Plain);
+            for &isa in &isas {
+                assert!(run(isa) == want, "{act:?} on {isa:?}");
+            }
+        }
+    }
+
+    /// Timing of the GELU paths (run with `--ignored --nocapture`).
+    #[test]
+    #[ignore]
+    fn time_gelu_paths() {
+        use fast::Isa;
+        let n = 128 * 128;
+        let a: Vec<f32> = (0..n)
+            .map(|i| -4.0 + 8.0 * (i % 1000) as f32 / 1000.0)
+            .collect();
+        let bias = vec![0.01f32; 128];
+        let mut d = vec![0.0f32; n];
+        for round in 0..3 {
+            for isa in [Isa::Avx512, Isa::Avx2, Isa::Plain] {
+                let mut v = a.clone();
+                let t0 = std::time::Instant::now();
+                for _ in 0..2000 {
+                    v.copy_from_slice(&a);
+                    fast::bias_act_f32_isa(isa, Activation::Gelu, &mut v, &bias, Some(&mut d));
+                }
+                let ns = t0.elapsed().as_secs_f64() * 1e9 / (2000.0 * n as f64);
+                println!("round {round} {isa:?}: {ns:.3} ns/element");
             }
         }
     }

@@ -82,7 +82,10 @@ mod tests {
         assert_eq!(mlp_pullback_flops(&cfg, 2, 5, false), 210);
         assert_eq!(mlp_pullback_flops(&cfg, 2, 5, true), 420);
         // The paper's net, batch 5000: 2·5000·(256 + 3·16384 + 256) = 496.64 MFLOP.
-        assert_eq!(mlp_forward_flops(&MlpConfig::paper_2d(), 2, 5000), 496_640_000);
+        assert_eq!(
+            mlp_forward_flops(&MlpConfig::paper_2d(), 2, 5000),
+            496_640_000
+        );
     }
 
     #[test]
