@@ -222,13 +222,14 @@ pub fn run(args: BenchArgs) -> Result<()> {
         for rep in 0..3 {
             let mut rng = Rng::stream(t.seed + rep, Stream::Sample);
             let t0 = Instant::now();
-            let x = diffflow::sample::sample(
+            let x = diffflow::sample::sample_threads(
                 &flow,
                 args.samples,
                 &steps,
                 cfg.sample.lambda,
                 args.samples,
                 &mut rng,
+                t.threads,
             )?;
             sample_times.push(t0.elapsed().as_secs_f64());
             std::hint::black_box(x);

@@ -12,6 +12,7 @@ use crate::flow::{log_g_ratio_sum, Steps, HALF_LN_2PI};
 use crate::nn::{Mlp, MlpEngine, Real, Scratch, Tape, TimeFeatures, TimeNet};
 use crate::{Error, Result};
 use candle_core::Tensor;
+use std::any::Any;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
@@ -344,6 +345,28 @@ fn run_tile<T: Real>(
     part.path += sh.weight * path;
 }
 
+/// Worker buffers and gradient parts kept between calls, so that an iteration reuses the
+/// memory of the previous one instead of faulting fresh pages in.
+static POOL: Mutex<Vec<Box<dyn Any + Send>>> = Mutex::new(Vec::new());
+const POOL_MAX: usize = 16;
+
+fn pool_take<X: Any + Send>(fits: impl Fn(&X) -> bool) -> Option<X> {
+    let mut pool = POOL.lock().ok()?;
+    let i = pool
+        .iter()
+        .position(|b| b.downcast_ref::<X>().is_some_and(&fits))?;
+    pool.swap_remove(i).downcast::<X>().ok().map(|b| *b)
+}
+
+fn pool_give<X: Any + Send>(x: X) {
+    if let Ok(mut pool) = POOL.lock() {
+        if pool.len() >= POOL_MAX {
+            pool.remove(0);
+        }
+        pool.push(Box::new(x));
+    }
+}
+
 fn to_vec<T: Real>(t: &Tensor) -> Result<Vec<T>> {
     Ok(t.flatten_all()?.to_dtype(T::DTYPE)?.to_vec1::<T>()?)
 }
@@ -415,14 +438,24 @@ fn gradient_with<T: Real>(
         first_cached: n - cached,
     };
     let counter = AtomicUsize::new(0);
+    let lens = |e: &MlpEngine<T>| e.zero_grads().iter().map(Vec::len).collect::<Vec<_>>();
+    let (lens_f, lens_s) = (lens(&fe), lens(&se));
+    let fits = |p: &Part<T>| {
+        p.dh_drift.len() == (n + 1) * h
+            && p.drift.iter().map(Vec::len).eq(lens_f.iter().copied())
+            && p.score.iter().map(Vec::len).eq(lens_s.iter().copied())
+    };
     let reducer = Mutex::new(Reducer {
         next: 0,
         pending: (0..tiles.len()).map(|_| None).collect(),
         total: None,
-        spare: Vec::new(),
+        spare: (0..threads.min(tiles.len()))
+            .filter_map(|_| pool_take::<Part<T>>(fits))
+            .collect(),
     });
     let work = || {
-        let mut w = Worker::new(cached);
+        let mut w = pool_take::<Worker<T>>(|_| true).unwrap_or_else(|| Worker::new(0));
+        w.cache.resize_with(cached, Tape::default);
         loop {
             let i = counter.fetch_add(1, Ordering::Relaxed);
             if i >= tiles.len() {
@@ -435,6 +468,7 @@ fn gradient_with<T: Real>(
                 r.push(i, part);
             }
         }
+        pool_give(w);
     };
     let threads = threads.clamp(1, tiles.len());
     if threads == 1 {
@@ -452,6 +486,9 @@ fn gradient_with<T: Real>(
         .map_err(|_| Error::config("gradient worker panicked"))?;
     if r.next != tiles.len() {
         return Err(Error::config("gradient worker panicked"));
+    }
+    for p in r.spare {
+        pool_give(p);
     }
     let mut total = r.total.ok_or_else(|| Error::data("empty batch"))?;
     for j in 0..=n {

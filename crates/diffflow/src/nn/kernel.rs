@@ -90,6 +90,23 @@ fn add_colsum<T: Real>(acc: &mut [T], x: &[T]) {
     }
 }
 
+/// `g ← g ⊙ d` and, when given, `acc[j] += Σ_rows g[row, j]` (of the product) in the same
+/// pass. Shapes: `g`, `d` [rows, H], `acc` [H].
+fn mul_colsum<T: Real>(g: &mut [T], d: &[T], acc: Option<&mut [T]>) {
+    match acc {
+        Some(acc) => {
+            let w = acc.len();
+            for (grow, drow) in g.chunks_exact_mut(w).zip(d.chunks_exact(w)) {
+                for ((a, x), y) in acc.iter_mut().zip(grow.iter_mut()).zip(drow) {
+                    *x *= *y;
+                    *a += *x;
+                }
+            }
+        }
+        None => mul_assign(g, d),
+    }
+}
+
 /// `x ← x ⊙ y`.
 fn mul_assign<T: Real>(x: &mut [T], y: &[T]) {
     for (a, b) in x.iter_mut().zip(y) {
@@ -489,8 +506,11 @@ impl<T: Real> MlpEngine<T> {
         thin_rows(g, cot, &self.w[wo], d, h);
         // hidden layers, last to first
         for l in (0..depth).rev() {
-            mul_assign(g, &tape.d[l + 1][..n]);
             let wi = idx::hidden_w(l);
+            let db = params
+                .as_mut()
+                .map(|(grads, _)| grads[wi + 1].as_mut_slice());
+            mul_colsum(g, &tape.d[l + 1][..n], db);
             if let Some((grads, _)) = params.as_mut() {
                 matmul(
                     &mut grads[wi],
@@ -503,15 +523,15 @@ impl<T: Real> MlpEngine<T> {
                     (h, 1),
                     true,
                 );
-                add_colsum(&mut grads[wi + 1], g);
             }
             matmul(g2, rows, h, h, g, (h, 1), &self.w[wi], (h, 1), false);
             std::mem::swap(&mut g, &mut g2);
         }
         // input layer: dx = g · W_in, dW_in += gᵀ x, dh0 += Σ g
-        mul_assign(g, &tape.d[0][..n]);
+        let dh0 = params.as_mut().map(|(_, dh0)| &mut **dh0);
+        mul_colsum(g, &tape.d[0][..n], dh0);
         thin_dots(dx, g, &self.w_in_t, None, h);
-        if let Some((grads, dh0)) = params {
+        if let Some((grads, _)) = params {
             scratch.w_in.clear();
             scratch.w_in.resize(d * h, T::zero());
             thin_grad(&mut scratch.w_in, &tape.x, g, d, h);
@@ -521,7 +541,6 @@ impl<T: Real> MlpEngine<T> {
                     acc[j * d + c] += scratch.w_in[c * h + j];
                 }
             }
-            add_colsum(dh0, g);
         }
     }
 
