@@ -11,7 +11,7 @@ use super::{Gradient, LossParts};
 use crate::flow::{log_g_ratio_sum, Steps, HALF_LN_2PI};
 use crate::nn::{Mlp, MlpEngine, Real, Scratch, Tape, TimeFeatures, TimeNet};
 use crate::{Error, Result};
-use candle_core::Tensor;
+use candle_core::{Storage, StorageRef, Tensor};
 use std::any::Any;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -20,7 +20,7 @@ use std::sync::Mutex;
 pub const TILE_ROWS: usize = 128;
 
 /// Bytes of forward-pass activations one worker keeps for the backward sweep.
-pub const TAPE_CACHE_BYTES: usize = 32 << 20;
+pub const TAPE_CACHE_BYTES: usize = 16 << 20;
 
 /// The tiles of a batch of `b` rows: each of the `chunks` contiguous pieces cut into equal
 /// tiles of at most [`TILE_ROWS`] rows. Returns `(start, end)` row ranges in order.
@@ -371,6 +371,35 @@ fn to_vec<T: Real>(t: &Tensor) -> Result<Vec<T>> {
     Ok(t.flatten_all()?.to_dtype(T::DTYPE)?.to_vec1::<T>()?)
 }
 
+/// The elements of a tensor as `T`: its own storage when it is a contiguous CPU tensor of
+/// that type (no copy of the [N, B, d] noise), a converted copy otherwise.
+enum Elems<'a, T> {
+    Borrowed(StorageRef<'a>, usize, usize),
+    Owned(Vec<T>),
+}
+
+impl<'a, T: Real> Elems<'a, T> {
+    fn of(t: &'a Tensor) -> Result<Self> {
+        if t.dtype() == T::DTYPE {
+            let (storage, layout) = t.storage_and_layout();
+            if let (Storage::Cpu(_), Some((lo, hi))) = (&*storage, layout.contiguous_offsets()) {
+                return Ok(Elems::Borrowed(storage, lo, hi));
+            }
+        }
+        Ok(Elems::Owned(to_vec::<T>(t)?))
+    }
+
+    fn slice(&self) -> Result<&[T]> {
+        match self {
+            Elems::Borrowed(storage, lo, hi) => match &**storage {
+                Storage::Cpu(cpu) => Ok(&cpu.as_slice::<T>()?[*lo..*hi]),
+                _ => Err(Error::config("expected a CPU tensor")),
+            },
+            Elems::Owned(v) => Ok(v),
+        }
+    }
+}
+
 /// The adjoint gradient for two MLPs (see the module docs). Shapes: `x0` [B, d],
 /// `noise` [N, B, d].
 pub(super) fn gradient<T: Real>(
@@ -419,8 +448,8 @@ fn gradient_with<T: Real>(
     }
     let tf_f: Vec<_> = steps.t.iter().map(|&t| fe.time_features(t)).collect();
     let tf_s: Vec<_> = steps.t.iter().map(|&t| se.time_features(t)).collect();
-    let x0v = to_vec::<T>(x0)?;
-    let noisev = to_vec::<T>(noise)?;
+    let (x0e, noisee) = (Elems::<T>::of(x0)?, Elems::<T>::of(noise)?);
+    let (x0v, noisev) = (x0e.slice()?, noisee.slice()?);
     let max_rows = tiles.iter().map(|(lo, hi)| hi - lo).max().unwrap_or(0);
     let cached = (cache_bytes / fe.tape_bytes(max_rows).max(1)).min(n);
     let sh = Shared {
@@ -429,8 +458,8 @@ fn gradient_with<T: Real>(
         tf_f: &tf_f,
         tf_s: &tf_s,
         steps,
-        x0: &x0v,
-        noise: &noisev,
+        x0: x0v,
+        noise: noisev,
         b,
         d,
         h,
