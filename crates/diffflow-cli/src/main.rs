@@ -24,14 +24,14 @@ enum Command {
     /// Train a DiffFlow model on a built-in 2-D data set.
     Train(train::TrainArgs),
     /// Measure training and sampling speed, GEMM throughput and peak memory.
-    Bench(bench::BenchArgs),
+    Bench(Box<bench::BenchArgs>),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Train(args) => train::run(args),
-        Command::Bench(args) => bench::run(args),
+        Command::Bench(args) => bench::run(*args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

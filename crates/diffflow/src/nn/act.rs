@@ -381,11 +381,11 @@ mod tests {
         let best = fast::best_isa();
         let isas: Vec<Isa> = [Isa::Avx512, Isa::Avx2, Isa::Plain]
             .into_iter()
-            .filter(|i| match (best, i) {
-                (_, Isa::Plain) => true,
-                (Isa::Avx512, _) => true,
-                (Isa::Avx2, Isa::Avx2) => true,
-                _ => false,
+            .filter(|i| {
+                matches!(
+                    (best, i),
+                    (_, Isa::Plain) | (Isa::Avx512, _) | (Isa::Avx2, Isa::Avx2)
+                )
             })
             .collect();
         let n = 3 * 4099;
