@@ -1,8 +1,10 @@
 //! `diffflow`: train, sample and evaluate Diffusion Normalizing Flow models.
 
 mod bench;
+mod eval;
 mod plot;
 mod progress;
+mod sample;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -23,15 +25,21 @@ struct Cli {
 enum Command {
     /// Train a DiffFlow model on a built-in 2-D data set.
     Train(train::TrainArgs),
+    /// Draw samples from a trained model (SDE(lambda) or probability-flow ODE).
+    Sample(sample::SampleArgs),
+    /// Likelihood of data under a trained model: probability-flow NLL and negative ELBO.
+    Eval(eval::EvalArgs),
     /// Measure training and sampling speed, GEMM throughput and peak memory.
-    Bench(Box<bench::BenchArgs>),
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Train(args) => train::run(args),
-        Command::Bench(args) => bench::run(*args),
+        Command::Sample(args) => sample::run(args),
+        Command::Eval(args) => eval::run(args),
+        Command::Bench(args) => bench::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -8,9 +8,10 @@ use diffflow::adjoint::GradMethod;
 use diffflow::checkpoint::atomic_write;
 use diffflow::config::{Precision, Preset, RunConfig, Weights};
 use diffflow::flow::Steps;
+use diffflow::likelihood::{ElboOptions, NllOptions};
 use diffflow::rng::{Rng, Stream};
 use diffflow::sde::{fixed_grid, Diffusion, GridKind, StepsSchedule};
-use diffflow::train::{TrainData, Trainer, CONFIG_FILE, MODEL_FILE};
+use diffflow::train::{append_metrics, HeldOutRecord, TrainData, Trainer, CONFIG_FILE, MODEL_FILE};
 use std::path::{Path, PathBuf};
 
 #[derive(Args)]
@@ -213,7 +214,68 @@ pub fn run(args: TrainArgs) -> Result<()> {
         trainer.step as f64 / secs.max(1e-9)
     );
     write_samples(&trainer, &out)?;
+    write_held_out(&trainer, &out)?;
     eprintln!("wrote {}", out.display());
+    Ok(())
+}
+
+/// Held-out points evaluated at the end of training.
+const HELD_OUT_POINTS: usize = 2000;
+
+/// Probability-flow NLL and negative ELBO of (up to 2000) held-out points with the sampling
+/// weights, appended to `metrics.jsonl` as a [`HeldOutRecord`].
+fn write_held_out(trainer: &Trainer, out: &Path) -> Result<()> {
+    let d = trainer.data.dim;
+    let n = (trainer.data.test.len() / d).min(HELD_OUT_POINTS);
+    if n == 0 {
+        return Ok(());
+    }
+    let cfg = &trainer.cfg;
+    let flow = trainer.sampling_flow(cfg.sample.weights)?;
+    let threads = cfg.train.threads;
+    let settings = crate::eval::Settings {
+        nll: NllOptions {
+            threads,
+            ..NllOptions::default()
+        },
+        t: vec![cfg.model.grid.t_min, cfg.model.grid.t_max],
+        elbo: Some((
+            crate::eval::elbo_steps(cfg, &flow, None),
+            ElboOptions {
+                threads,
+                ..ElboOptions::default()
+            },
+        )),
+        seed: cfg.train.seed,
+        progress: true,
+    };
+    let x = &trainer.data.test[..n * d];
+    let r = crate::eval::evaluate(&flow, &trainer.data.standardizer, x, &settings)?;
+    let rec = HeldOutRecord {
+        step: trainer.step,
+        test_nll: r.nll,
+        test_nll_stderr: r.nll_stderr,
+        test_nll_standardised: r.nll_standardised,
+        test_bits_per_dim: r.bits_per_dim,
+        test_elbo: r.elbo.unwrap_or(f64::NAN),
+        test_elbo_stderr: r.elbo_stderr.unwrap_or(f64::NAN),
+        test_elbo_standardised: r.elbo_standardised.unwrap_or(f64::NAN),
+        test_points: n,
+        nfe: r.nfe,
+        weights: cfg.sample.weights,
+    };
+    append_metrics(out, &rec)?;
+    eprintln!(
+        "held-out ({n} points): NLL {:.4} ± {:.4} nats ({:.4} bits/dim), negative ELBO {:.4} ± \
+         {:.4} nats, NFE {:.0}, {:.1} s",
+        rec.test_nll,
+        rec.test_nll_stderr,
+        rec.test_bits_per_dim,
+        rec.test_elbo,
+        rec.test_elbo_stderr,
+        r.nfe,
+        r.seconds
+    );
     Ok(())
 }
 

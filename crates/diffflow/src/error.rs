@@ -27,6 +27,9 @@ pub enum Error {
     /// A NaN or infinity appeared during training.
     #[error("non-finite {what} at step {step}")]
     NonFinite { step: usize, what: String },
+    /// An ODE solve failed (step size collapsed, too many steps, non-finite state).
+    #[error("ODE solver: {0}")]
+    Ode(String),
     /// Training was interrupted by the user.
     #[error("interrupted at step {step}")]
     Interrupted { step: usize },

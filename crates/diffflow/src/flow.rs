@@ -34,7 +34,8 @@ impl Steps {
                 g.len()
             )));
         }
-        if t.windows(2).any(|w| !(w[1] > w[0])) || g.iter().any(|g| !(*g > 0.0)) {
+        let increasing = t.windows(2).all(|w| w[1] > w[0]);
+        if !increasing || !g.iter().all(|g| *g > 0.0) {
             return Err(Error::config("time points must increase and g must be > 0"));
         }
         Ok(Steps { t, g })
@@ -67,12 +68,15 @@ impl DiffFlow {
         self.drift.dim()
     }
 
-    /// Element type of the parameters (that of the first drift or score parameter).
+    /// Element type of the parameters (that of the first drift or score parameter, else of
+    /// the first buffer, else f32).
     pub fn dtype(&self) -> DType {
         self.drift
             .vars()
             .iter()
             .chain(self.score.vars())
+            .chain(self.drift.buffers())
+            .chain(self.score.buffers())
             .next()
             .map(|(_, v)| v.dtype())
             .unwrap_or(DType::F32)

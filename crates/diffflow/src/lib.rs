@@ -5,12 +5,15 @@
 //! (eq. 15) with a memory-saving stochastic adjoint (Algorithm 2). See `DESIGN.md`.
 
 pub mod adjoint;
+pub mod analytic;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod error;
 pub mod flow;
+pub mod likelihood;
 pub mod nn;
+pub mod ode;
 pub mod optim;
 pub mod rng;
 pub mod sample;

@@ -111,10 +111,9 @@ pub fn clip_global_norm(grads: &mut [&mut Vec<Tensor>], max_norm: f64) -> Result
 
 /// Learning rate `lr · gamma^floor(step / every)` (step counted from 0).
 pub fn step_decay(lr: f64, gamma: f64, every: usize, step: usize) -> f64 {
-    if every == 0 {
-        lr
-    } else {
-        lr * gamma.powi((step / every) as i32)
+    match step.checked_div(every) {
+        Some(k) => lr * gamma.powi(k as i32),
+        None => lr,
     }
 }
 

@@ -135,3 +135,133 @@ pub fn sample_threads(
     }
     Ok(Tensor::cat(&out, 0)?)
 }
+
+/// Tweedie's denoising step (paper 4.3), taken instead of the sampler's last step
+/// `x_1 → x_0`. The forward step (11) from `t_0` adds `N(0, σ² I)`, `σ² = g_0² Δt_0`, to
+/// `y = x_0 + f(x_0, t_0) Δt_0`; Tweedie's formula `E[y | x_1] = x_1 + σ² ∇log p_{t_1}(x_1)`
+/// with the score for `∇log p`, and the drift undone to first order, give
+/// `x̂_0 = x_1 − f(x_1, t_1) Δt_0 + g_0² Δt_0 s(x_1, t_1)`.
+/// For λ = 1 and constant `g` this is the Euler–Maruyama step (12) without its noise.
+/// Shapes: `x1`, `f1`, `s1` [B, d] → [B, d].
+pub fn tweedie_step(x1: &Tensor, f1: &Tensor, s1: &Tensor, dt0: f64, g0: f64) -> Result<Tensor> {
+    let mean = (f1 - s1.affine(g0 * g0, 0.0)?)?;
+    Ok((x1 - mean.affine(dt0, 0.0)?)?)
+}
+
+/// The sampler's noises for one piece of `b` rows, in the order of [`sample`]: the prior
+/// draw `z` [b, d], then `noise` [N, b, d] for `i = N−1 … 0` (none when λ = 0).
+fn draw(
+    rng: &mut Rng,
+    b: usize,
+    d: usize,
+    n_steps: usize,
+    lambda: f64,
+    dtype: DType,
+) -> Result<(Tensor, Option<Tensor>)> {
+    let z = Tensor::from_vec(rng.normals(b * d), (b, d), &Device::Cpu)?.to_dtype(dtype)?;
+    if lambda == 0.0 {
+        return Ok((z, None));
+    }
+    let mut per_step = vec![Vec::new(); n_steps];
+    for i in (0..n_steps).rev() {
+        per_step[i] = rng.normals(b * d);
+    }
+    let flat: Vec<f64> = per_step.into_iter().flatten().collect();
+    let noise = Tensor::from_vec(flat, (n_steps, b, d), &Device::Cpu)?.to_dtype(dtype)?;
+    Ok((z, Some(noise)))
+}
+
+/// `n` samples `x_0` [n, d] (f64) of SDE (16) with parameter `lambda` on the grid `steps`
+/// (chosen freely at sampling time), the last step optionally replaced by
+/// [`tweedie_step`]. Draws the same numbers from `rng` as [`sample`] (with or without the
+/// Tweedie step, whose last noise is drawn and unused), so without it the result equals
+/// [`sample`]'s. Rows are processed in pieces of at most `chunk`.
+pub fn sample_sde(
+    flow: &DiffFlow,
+    n: usize,
+    steps: &Steps,
+    lambda: f64,
+    tweedie: bool,
+    chunk: usize,
+    rng: &mut Rng,
+) -> Result<Tensor> {
+    if !(0.0..=1.0).contains(&lambda) {
+        return Err(Error::config(format!(
+            "lambda must be in [0, 1], got {lambda}"
+        )));
+    }
+    let (d, dtype, k) = (flow.dim(), flow.dtype(), steps.n());
+    let mut out = Vec::new();
+    let mut done = 0;
+    while done < n {
+        let b = chunk.max(1).min(n - done);
+        let (z, noise) = draw(rng, b, d, k, lambda, dtype)?;
+        let x0 = if !tweedie {
+            reverse_trajectory(flow, &z, steps, lambda, noise.as_ref())?.swap_remove(0)
+        } else {
+            // Steps N … 2 as usual, down to x_1; then the Tweedie step to t_0.
+            let x1 = if k >= 2 {
+                let upper = Steps::from_parts(steps.t[1..].to_vec(), steps.g[1..].to_vec())?;
+                let upper_noise = match &noise {
+                    Some(e) => Some(e.narrow(0, 1, k - 1)?),
+                    None => None,
+                };
+                reverse_trajectory(flow, &z, &upper, lambda, upper_noise.as_ref())?.swap_remove(0)
+            } else {
+                z
+            };
+            let f1 = flow.drift.engine()?.eval(&x1, steps.t[1])?;
+            let s1 = flow.score.engine()?.eval(&x1, steps.t[1])?;
+            tweedie_step(&x1, &f1, &s1, steps.dt(0), steps.g[0])?
+        };
+        out.push(x0.to_dtype(DType::F64)?);
+        done += b;
+    }
+    Ok(Tensor::cat(&out, 0)?)
+}
+
+/// Probability-flow velocity `v = f − ½ g² s` (λ = 0 in (16)). Shapes: [B, d] → [B, d].
+pub fn pf_velocity(f: &Tensor, s: &Tensor, g: f64) -> Result<Tensor> {
+    Ok((f - s.affine(0.5 * g * g, 0.0)?)?)
+}
+
+/// `n` samples [n, d] (f64) by integrating the probability-flow ODE from the prior at
+/// `t = T` down to `t_0` with an ODE solver: Euler or RK4 along the grid `t` (increasing,
+/// stepped from its end), Dormand–Prince adaptively between its ends. The state is f64 (the
+/// nets run in their own precision). Draws the prior like [`sample`] with λ = 0; rows in
+/// pieces of at most `chunk`, each its own solve. Returns the samples and the solver's costs
+/// per piece.
+pub fn sample_ode(
+    flow: &DiffFlow,
+    n: usize,
+    t: &[f64],
+    method: crate::ode::Method,
+    tol: &crate::ode::Tolerances,
+    chunk: usize,
+    rng: &mut Rng,
+) -> Result<(Tensor, Vec<crate::ode::Stats>)> {
+    let (d, dtype) = (flow.dim(), flow.dtype());
+    let ts: Vec<f64> = t.iter().rev().copied().collect();
+    let mut fe = flow.drift.engine()?;
+    let mut se = flow.score.engine()?;
+    let mut out = Vec::new();
+    let mut stats = Vec::new();
+    let mut done = 0;
+    while done < n {
+        let b = chunk.max(1).min(n - done);
+        let mut y = rng.normals(b * d);
+        let mut rhs = |t: f64, y: &[f64], dy: &mut [f64]| -> Result<()> {
+            let x = Tensor::from_slice(y, (b, d), &Device::Cpu)?.to_dtype(dtype)?;
+            let f = fe.eval(&x, t)?;
+            let s = se.eval(&x, t)?;
+            let v = pf_velocity(&f, &s, flow.diffusion.at(t))?;
+            let v = v.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
+            dy.copy_from_slice(&v);
+            Ok(())
+        };
+        stats.push(crate::ode::solve(method, &mut rhs, &mut y, &ts, tol, d)?);
+        out.push(Tensor::from_vec(y, (b, d), &Device::Cpu)?);
+        done += b;
+    }
+    Ok((Tensor::cat(&out, 0)?, stats))
+}

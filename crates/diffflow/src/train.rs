@@ -494,7 +494,55 @@ pub fn load_run(dir: &Path, weights: Option<Weights>) -> Result<LoadedRun> {
     })
 }
 
-/// Appends metrics lines; on open, drops lines past `step` (left by an interrupted run).
+/// One held-out evaluation, appended to `metrics.jsonl` at the end of training (its fields
+/// differ from [`LogRecord`]'s; both have `step`). Nats per sample; `test_nll` and
+/// `test_elbo` in data units, `*_standardised` in the model's units like `loss`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HeldOutRecord {
+    /// Iterations completed.
+    pub step: usize,
+    /// Mean probability-flow NLL of the held-out points, data units.
+    pub test_nll: f64,
+    /// Its standard error over the points.
+    pub test_nll_stderr: f64,
+    /// The same in standardised units.
+    pub test_nll_standardised: f64,
+    /// `test_nll` in bits per dimension.
+    pub test_bits_per_dim: f64,
+    /// Mean negative ELBO (13), data units.
+    pub test_elbo: f64,
+    /// Its standard error over the points.
+    pub test_elbo_stderr: f64,
+    /// The same in standardised units.
+    pub test_elbo_standardised: f64,
+    /// Number of held-out points evaluated.
+    pub test_points: usize,
+    /// Mean velocity evaluations per ODE solve.
+    pub nfe: f64,
+    /// Weights evaluated (`ema` or `live`).
+    pub weights: Weights,
+}
+
+/// Appends one JSON line (e.g. a [`HeldOutRecord`]) to `dir/metrics.jsonl`.
+pub fn append_metrics(dir: &Path, line: &impl Serialize) -> Result<()> {
+    let path = dir.join(METRICS_FILE);
+    let text = serde_json::to_string(line).map_err(|e| Error::config(e.to_string()))?;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map_err(|e| Error::io(&path, e))?;
+    writeln!(file, "{text}").map_err(|e| Error::io(&path, e))
+}
+
+/// The `step` of any metrics line.
+#[derive(Deserialize)]
+struct StepOf {
+    step: usize,
+}
+
+/// Appends metrics lines; on open, drops lines past `step` (left by an interrupted run), of
+/// any shape (training lines and held-out evaluations alike).
 struct MetricsWriter {
     file: std::fs::File,
     path: PathBuf,
@@ -505,7 +553,7 @@ impl MetricsWriter {
         let kept: String = match std::fs::read_to_string(path) {
             Ok(text) => text
                 .lines()
-                .filter(|l| serde_json::from_str::<LogRecord>(l).is_ok_and(|r| r.step <= step))
+                .filter(|l| serde_json::from_str::<StepOf>(l).is_ok_and(|r| r.step <= step))
                 .map(|l| format!("{l}\n"))
                 .collect(),
             Err(_) => String::new(),

@@ -10,7 +10,7 @@ use candle_core::{DType, Tensor};
 use diffflow::adjoint::{adjoint_gradient, naive_gradient, Gradient};
 use diffflow::checkpoint::{self, TensorFile};
 use diffflow::flow::{backward_noise, forward_trajectory, DiffFlow, Steps};
-use diffflow::nn::{Mlp, MlpConfig, TimeNet};
+use diffflow::nn::{Mlp, MlpConfig};
 use diffflow::rng::Rng;
 use diffflow::sample::reverse_trajectory;
 use diffflow::sde::Diffusion;
@@ -88,7 +88,8 @@ impl Checker {
     fn check(&mut self, what: &str, ours: &Tensor, theirs: &Tensor) {
         let e = rel(ours, theirs);
         self.report.push(format!("{what}: {e:.2e}"));
-        if !(e <= self.tol) {
+        // NaN must fail too.
+        if e.is_nan() || e > self.tol {
             self.failures.push(format!(
                 "{}: {what} differs by {e:.3e} (tolerance {:.0e})",
                 self.name, self.tol

@@ -4,14 +4,19 @@
 //!   all rescaled like the authors' code so that `max |x| = 0.85`;
 //! - [`image2d`]: densities from the DiffFlow images (tree, Sierpinski carpets), embedded
 //!   in the library;
-//! - [`standardize`]: per-column `(x - mean) / std` with its log-Jacobian ([`Standardizer`]).
+//! - [`standardize`]: per-column `(x - mean) / std` with its log-Jacobian ([`Standardizer`]);
+//! - [`tabular`]: CSV/TSV/text and NumPy `.npy` files, optionally gzipped ([`tabular::load`]);
+//! - [`preprocess`]: drop constant columns, dequantise integer columns, seeded splits.
 //!
 //! Every random draw comes from the [`crate::rng::Rng`] passed in, so a data set is a
 //! deterministic function of its seed.
 
 pub mod image2d;
+pub mod preprocess;
 pub mod standardize;
+pub mod tabular;
 pub mod toy;
 
 pub use standardize::Standardizer;
+pub use tabular::{LoadOptions, Table};
 pub use toy::{toy_2d, TOY_DATASETS};

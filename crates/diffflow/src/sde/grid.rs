@@ -152,8 +152,8 @@ mod tests {
             assert_eq!(t.len(), n + 1);
             assert_eq!(t[0], spec.t_min);
             assert_eq!(t[n], spec.t_max);
-            for i in 1..n {
-                let u = t[i].powf(0.9);
+            for (i, ti) in t.iter().enumerate().take(n).skip(1) {
+                let u = ti.powf(0.9);
                 assert!(u >= a + cell * (i - 1) as f64 - 1e-15);
                 assert!(u <= a + cell * i as f64 + 1e-15);
             }

@@ -1,0 +1,240 @@
+//! `diffflow sample`: draw points from a trained model with SDE (16) or the probability-flow
+//! ODE, and write them as .csv, .npy or a .png picture.
+
+use crate::plot::{self, Panel, Style};
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use diffflow::config::Weights;
+use diffflow::data::tabular::{self, Table};
+use diffflow::flow::Steps;
+use diffflow::ode::{Method, Tolerances};
+use diffflow::rng::{Rng, Stream};
+use diffflow::sample::{sample_ode, sample_sde};
+use diffflow::sde::{fixed_grid, flexible_grid, GridSpec};
+use diffflow::train::load_run;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+#[derive(Args)]
+#[command(allow_negative_numbers = true)]
+pub struct SampleArgs {
+    /// Run folder written by `diffflow train`.
+    #[arg(long)]
+    run: PathBuf,
+    /// Number of samples.
+    #[arg(long, default_value_t = 10_000)]
+    n: usize,
+    /// Output file: .csv, .npy or .png (2-D: histogram and scatter), by its extension.
+    #[arg(long)]
+    out: PathBuf,
+    /// λ of SDE (16) in [0, 1]: 1 = backward SDE, 0 = probability-flow ODE (default: the
+    /// run's).
+    #[arg(long)]
+    lambda: Option<f64>,
+    /// Number of sampling steps N (default: the run's sampling N).
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Time grid: fixed (the run's beta), uniform (beta = 1) or flexible (random inner
+    /// points, drawn once).
+    #[arg(long, default_value = "fixed")]
+    grid: String,
+    /// Grid exponent beta (overrides --grid's).
+    #[arg(long)]
+    beta: Option<f64>,
+    /// Replace the last step by Tweedie's denoising step.
+    #[arg(long)]
+    tweedie: bool,
+    /// Integrator: sde (Euler–Maruyama of SDE(λ)), or rk4 / dopri5 on the probability-flow
+    /// ODE (λ = 0).
+    #[arg(long, default_value = "sde")]
+    solver: String,
+    /// Tolerances of dopri5.
+    #[arg(long, default_value_t = 1e-5)]
+    rtol: f64,
+    #[arg(long, default_value_t = 1e-5)]
+    atol: f64,
+    /// Weights: ema or live (default: the run's).
+    #[arg(long)]
+    weights: Option<String>,
+    /// Seed (default: the run's).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Rows processed at once.
+    #[arg(long, default_value_t = 5000)]
+    chunk: usize,
+}
+
+/// The output format, from the file's extension.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Format {
+    Csv,
+    Npy,
+    Png,
+}
+
+fn format_of(path: &Path) -> Result<Format> {
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase);
+    match ext.as_deref() {
+        Some("csv") => Ok(Format::Csv),
+        Some("npy") => Ok(Format::Npy),
+        Some("png") => Ok(Format::Png),
+        _ => bail!(
+            "--out {}: unknown extension (expected .csv, .npy or .png)",
+            path.display()
+        ),
+    }
+}
+
+pub fn run(args: SampleArgs) -> Result<()> {
+    let format = format_of(&args.out)?;
+    if args.n == 0 {
+        bail!("--n must be >= 1");
+    }
+    let weights = args
+        .weights
+        .as_deref()
+        .map(str::parse::<Weights>)
+        .transpose()?;
+    let run = load_run(&args.run, weights)?;
+    let cfg = &run.cfg;
+    let d = run.flow.dim();
+    if format == Format::Png && d != 2 {
+        bail!(
+            "--out {}: a picture needs 2-D samples, the model has dimension {d} (use .csv or .npy)",
+            args.out.display()
+        );
+    }
+    let lambda = args.lambda.unwrap_or(cfg.sample.lambda);
+    if !(0.0..=1.0).contains(&lambda) {
+        bail!("--lambda must be in [0, 1], got {lambda}");
+    }
+    let n_steps = args
+        .steps
+        .unwrap_or(cfg.sample.steps.unwrap_or(cfg.train.steps.last()));
+    if n_steps == 0 {
+        bail!("--steps must be >= 1");
+    }
+    let mut spec: GridSpec = cfg.model.grid;
+    let flexible = match args.grid.as_str() {
+        "fixed" => false,
+        "uniform" => {
+            spec.beta = 1.0;
+            false
+        }
+        "flexible" => true,
+        g => bail!("unknown --grid '{g}' (expected fixed, uniform or flexible)"),
+    };
+    if let Some(b) = args.beta {
+        spec.beta = b;
+    }
+    spec.validate()?;
+    let seed = args.seed.unwrap_or(cfg.train.seed);
+    let mut rng = Rng::stream(seed, Stream::Sample);
+    let t = if flexible {
+        flexible_grid(&spec, n_steps, &mut rng)
+    } else {
+        fixed_grid(&spec, n_steps)
+    };
+    let steps = Steps::new(t, &run.flow.diffusion);
+    let started = Instant::now();
+    let (x, how) = match args.solver.as_str() {
+        "sde" => {
+            let x = sample_sde(
+                &run.flow,
+                args.n,
+                &steps,
+                lambda,
+                args.tweedie,
+                args.chunk,
+                &mut rng,
+            )?;
+            let how = format!(
+                "SDE lambda = {lambda}, N = {n_steps}{}",
+                if args.tweedie {
+                    ", Tweedie last step"
+                } else {
+                    ""
+                }
+            );
+            (x, how)
+        }
+        s => {
+            let method = s.parse::<Method>().map_err(|_| {
+                anyhow::anyhow!("unknown --solver '{s}' (expected sde, rk4 or dopri5)")
+            })?;
+            if args.lambda.is_some_and(|l| l != 0.0) || args.tweedie {
+                bail!("--solver {s} integrates the probability-flow ODE: it takes no --lambda or --tweedie");
+            }
+            let tol = Tolerances {
+                rtol: args.rtol,
+                atol: args.atol,
+                ..Tolerances::default()
+            };
+            let (x, stats) = sample_ode(
+                &run.flow, args.n, &steps.t, method, &tol, args.chunk, &mut rng,
+            )?;
+            let nfe: usize = stats.iter().map(|s| s.nfe).sum();
+            let how = if method.is_adaptive() {
+                format!("probability-flow ODE, {method}, {nfe} evaluations in all")
+            } else {
+                format!("probability-flow ODE, {method}, N = {n_steps}")
+            };
+            (x, how)
+        }
+    };
+    let secs = started.elapsed().as_secs_f64();
+    let mut data = x.flatten_all()?.to_vec1::<f64>()?;
+    run.standardizer.invert(&mut data);
+    if let Some(i) = data.iter().position(|v| !v.is_finite()) {
+        bail!(
+            "sample {} has a non-finite coordinate: the model diverged (try more --steps)",
+            i / d
+        );
+    }
+    write(&args.out, format, &data, d, &how)
+        .with_context(|| format!("cannot write {}", args.out.display()))?;
+    eprintln!(
+        "{} samples (d = {d}) in {secs:.2} s ({:.0} samples/s; {how}) -> {}",
+        args.n,
+        args.n as f64 / secs.max(1e-9),
+        args.out.display()
+    );
+    Ok(())
+}
+
+fn write(path: &Path, format: Format, data: &[f64], d: usize, how: &str) -> Result<()> {
+    let rows = data.len() / d;
+    match format {
+        Format::Csv => {
+            let table = Table {
+                data: data.to_vec(),
+                rows,
+                cols: d,
+                names: Some((0..d).map(|i| format!("x{i}")).collect()),
+            };
+            tabular::save_csv(path, &table)?;
+        }
+        Format::Npy => tabular::save_npy(path, data, rows, d)?,
+        Format::Png => {
+            let panels = [
+                Panel {
+                    title: "density".into(),
+                    points: data,
+                    labels: None,
+                    style: Style::Histogram,
+                },
+                Panel {
+                    title: "points".into(),
+                    points: &data[..data.len().min(2 * 5000)],
+                    labels: None,
+                    style: Style::Scatter,
+                },
+            ];
+            plot::panels_row(path, &format!("{rows} samples ({how})"), &panels, None)?;
+        }
+    }
+    Ok(())
+}
