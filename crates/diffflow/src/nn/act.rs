@@ -142,34 +142,36 @@ pub mod fast {
     const LN2_LO: f32 = 1.428_606_8e-6;
 
     /// `exp(x)` for f32, relative error below 2e-7, branch-free (inputs clamped to
-    /// [−87, 88]).
+    /// [−87, 88]). Explicit fused multiply-adds (`mul_add`, exactly rounded on every
+    /// instruction set, so every dispatch path gives the same bits).
     #[inline(always)]
     pub fn exp(x: f32) -> f32 {
         let x = x.clamp(-87.0, 88.0);
-        let k = x * LOG2E + MAGIC;
+        let k = x.mul_add(LOG2E, MAGIC);
         let n = k - MAGIC;
-        let r = x - n * LN2_HI - n * LN2_LO;
+        let r = n.mul_add(-LN2_LO, n.mul_add(-LN2_HI, x));
         // Taylor polynomial of degree 7 on |r| ≤ ln2/2.
-        let p = 1.0 / 5040.0;
-        let p = p * r + 1.0 / 720.0;
-        let p = p * r + 1.0 / 120.0;
-        let p = p * r + 1.0 / 24.0;
-        let p = p * r + 1.0 / 6.0;
-        let p = p * r + 0.5;
-        let p = p * r + 1.0;
-        let p = p * r + 1.0;
+        let p = (1.0f32 / 5040.0).mul_add(r, 1.0 / 720.0);
+        let p = p.mul_add(r, 1.0 / 120.0);
+        let p = p.mul_add(r, 1.0 / 24.0);
+        let p = p.mul_add(r, 1.0 / 6.0);
+        let p = p.mul_add(r, 0.5);
+        let p = p.mul_add(r, 1.0);
+        let p = p.mul_add(r, 1.0);
         let ni = (k.to_bits() as i32).wrapping_sub(MAGIC.to_bits() as i32);
         let scale = f32::from_bits(((ni + 127) << 23) as u32);
         p * scale
     }
 
+    /// Abramowitz & Stegun 7.1.26 for `erfc(z)/2 = Φ(−z√2)`: `t·Σ a_k t^k · exp(−z²)` with
+    /// `t = 1/(1 + p z)`; the coefficients are halved here.
     const AS_P: f32 = 0.327_591_1;
-    const AS_A: [f32; 5] = [
-        0.254_829_6,
-        -0.284_496_74,
-        1.421_413_7,
-        -1.453_152,
-        1.061_405_4,
+    const AS_HALF: [f32; 5] = [
+        0.5 * 0.254_829_6,
+        0.5 * -0.284_496_74,
+        0.5 * 1.421_413_7,
+        0.5 * -1.453_152,
+        0.5 * 1.061_405_4,
     ];
     const FRAC_1_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
     const FRAC_1_SQRT_2PI: f32 = 0.398_942_3;
@@ -177,20 +179,21 @@ pub mod fast {
     /// GELU value and derivative.
     #[inline(always)]
     pub fn gelu(a: f32) -> (f32, f32) {
-        let e = exp(-0.5 * a * a); // exp(−z²) with z = a/√2
-        let z = a.abs() * FRAC_1_SQRT_2;
-        let t = 1.0 / (1.0 + AS_P * z);
-        let poly = t * (AS_A[0] + t * (AS_A[1] + t * (AS_A[2] + t * (AS_A[3] + t * AS_A[4]))));
-        let tail = 0.5 * poly * e; // Φ(−|a|)
+        let e = exp(-0.5 * a * a); // exp(−z²) with z = |a|/√2
+        let t = 1.0 / a.abs().mul_add(AS_P * FRAC_1_SQRT_2, 1.0);
+        let h = &AS_HALF;
+        let poly = h[4].mul_add(t, h[3]).mul_add(t, h[2]);
+        let poly = poly.mul_add(t, h[1]).mul_add(t, h[0]);
+        let tail = (t * poly) * e; // Φ(−|a|)
         let cdf = if a >= 0.0 { 1.0 - tail } else { tail };
-        (a * cdf, cdf + a * (FRAC_1_SQRT_2PI * e))
+        (a * cdf, a.mul_add(FRAC_1_SQRT_2PI * e, cdf))
     }
 
     /// SiLU value and derivative.
     #[inline(always)]
     pub fn silu(a: f32) -> (f32, f32) {
         let s = 1.0 / (1.0 + exp(-a));
-        (a * s, s * (1.0 + a * (1.0 - s)))
+        (a * s, s * a.mul_add(1.0 - s, 1.0))
     }
 
     #[inline(always)]
@@ -276,7 +279,9 @@ pub mod fast {
     }
 
     /// The same scalar code compiled for each instruction set. Without fast-math flags LLVM
-    /// neither contracts mul+add into FMA nor reassociates, so every path gives the same bits.
+    /// neither contracts mul+add into FMA nor reassociates, and the explicit `mul_add`s are
+    /// exactly rounded everywhere (hardware FMA, or libm's `fmaf` on the plain path), so every
+    /// path gives the same bits.
     pub(super) fn dispatch<const ACT: u8>(
         isa: Isa,
         a: &mut [f32],

@@ -94,3 +94,39 @@ mod tests {
         assert!(r.is_finite() && r > 0.0, "{r}");
     }
 }
+
+#[cfg(test)]
+mod shape_timing {
+    use super::matmul;
+    use std::time::Instant;
+
+    /// Rates of the three GEMM shapes of one layer (run with `--ignored --nocapture`).
+    #[test]
+    #[ignore]
+    fn time_layer_gemms() {
+        let (r, h) = (125usize, 128usize);
+        let a: Vec<f32> = (0..r * h).map(|i| (i % 7) as f32 * 0.1).collect();
+        let w: Vec<f32> = (0..h * h).map(|i| (i % 5) as f32 * 0.1).collect();
+        let mut out = vec![0.0f32; r * h];
+        let mut gw = vec![0.0f32; h * h];
+        let reps = 20000;
+        for round in 0..2 {
+            let t0 = Instant::now();
+            for _ in 0..reps {
+                matmul(&mut out, r, h, h, &a, (h, 1), &w, (1, h), false);
+            }
+            let fwd = 2.0 * (r * h * h * reps) as f64 / t0.elapsed().as_secs_f64() / 1e9;
+            let t0 = Instant::now();
+            for _ in 0..reps {
+                matmul(&mut out, r, h, h, &a, (h, 1), &w, (h, 1), false);
+            }
+            let dx = 2.0 * (r * h * h * reps) as f64 / t0.elapsed().as_secs_f64() / 1e9;
+            let t0 = Instant::now();
+            for _ in 0..reps {
+                matmul(&mut gw, h, h, r, &a, (1, h), &out, (h, 1), true);
+            }
+            let dw = 2.0 * (r * h * h * reps) as f64 / t0.elapsed().as_secs_f64() / 1e9;
+            println!("round {round}: forward {fwd:.1}, dx {dx:.1}, dW {dw:.1} GFLOP/s");
+        }
+    }
+}
