@@ -258,13 +258,13 @@ pub mod fast {
 
     /// Instruction sets of the kernels, best first.
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-    pub(super) enum Isa {
+    pub(crate) enum Isa {
         Avx512,
         Avx2,
         Plain,
     }
 
-    pub(super) fn best_isa() -> Isa {
+    pub(crate) fn best_isa() -> Isa {
         #[cfg(target_arch = "x86_64")]
         {
             use std::arch::is_x86_feature_detected as has;
@@ -298,7 +298,8 @@ pub mod fast {
         }
     }
 
-    fn isa() -> Isa {
+    /// The best instruction set of this CPU (detected once).
+    pub(crate) fn isa() -> Isa {
         static ISA: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
         *ISA.get_or_init(best_isa)
     }

@@ -8,6 +8,7 @@
 //! weights serves several threads, each with its own tapes and gradients; and the tensor-level
 //! [`Engine`] implementation built on them.
 
+use super::act::fast::{isa, Isa};
 use super::act::Real;
 use super::mlp::{idx, Mlp};
 use super::{Engine, TimeNet};
@@ -82,6 +83,7 @@ pub(crate) fn matmul<T: Real>(
 }
 
 /// `acc[j] += Σ_rows x[row, j]`. Shapes: `x` [rows, acc.len()].
+#[inline(always)]
 fn add_colsum<T: Real>(acc: &mut [T], x: &[T]) {
     for row in x.chunks_exact(acc.len()) {
         for (a, v) in acc.iter_mut().zip(row) {
@@ -92,6 +94,7 @@ fn add_colsum<T: Real>(acc: &mut [T], x: &[T]) {
 
 /// `g ← g ⊙ d` and, when given, `acc[j] += Σ_rows g[row, j]` (of the product) in the same
 /// pass. Shapes: `g`, `d` [rows, H], `acc` [H].
+#[inline(always)]
 fn mul_colsum<T: Real>(g: &mut [T], d: &[T], acc: Option<&mut [T]>) {
     match acc {
         Some(acc) => {
@@ -108,12 +111,14 @@ fn mul_colsum<T: Real>(g: &mut [T], d: &[T], acc: Option<&mut [T]>) {
 }
 
 /// `x ← x ⊙ y`.
+#[inline(always)]
 fn mul_assign<T: Real>(x: &mut [T], y: &[T]) {
     for (a, b) in x.iter_mut().zip(y) {
         *a *= *b;
     }
 }
 
+#[inline(always)]
 fn add_assign<T: Real>(x: &mut [T], y: &[T]) {
     for (a, b) in x.iter_mut().zip(y) {
         *a += *b;
@@ -121,7 +126,7 @@ fn add_assign<T: Real>(x: &mut [T], y: &[T]) {
 }
 
 /// `Σ_j a[j] b[j]` with 8 interleaved partial sums (a fixed order that vectorises).
-#[inline]
+#[inline(always)]
 fn dot<T: Real>(a: &[T], b: &[T]) -> T {
     let mut acc = [T::zero(); 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
@@ -139,6 +144,7 @@ fn dot<T: Real>(a: &[T], b: &[T]) -> T {
 
 /// `out[r, :] = Σ_c a[r, c] · w[c, :]`: a thin product with `c < a.len()/rows` (the input
 /// layer, or the output layer's pullback). Shapes: `a` [rows, k], `w` [k, n], `out` [rows, n].
+#[inline(always)]
 fn thin_rows<T: Real>(out: &mut [T], a: &[T], w: &[T], k: usize, n: usize) {
     count(a.len() / k, n, k);
     for (orow, arow) in out.chunks_exact_mut(n).zip(a.chunks_exact(k)) {
@@ -157,6 +163,7 @@ fn thin_rows<T: Real>(out: &mut [T], a: &[T], w: &[T], k: usize, n: usize) {
 
 /// `acc[c, :] += Σ_r a[r, c] · x[r, :]` (a thin weight gradient). Shapes: `a` [rows, k],
 /// `x` [rows, n], `acc` [k, n].
+#[inline(always)]
 fn thin_grad<T: Real>(acc: &mut [T], a: &[T], x: &[T], k: usize, n: usize) {
     count(a.len() / k, n, k);
     for (arow, xrow) in a.chunks_exact(k).zip(x.chunks_exact(n)) {
@@ -171,6 +178,7 @@ fn thin_grad<T: Real>(acc: &mut [T], a: &[T], x: &[T], k: usize, n: usize) {
 
 /// `out[r, c] = Σ_j h[r, j] w[c, j] (+ b[c])`: a product onto `d` columns by dot products.
 /// Shapes: `h` [rows, n], `w` [d, n], `out` [rows, d].
+#[inline(always)]
 fn thin_dots<T: Real>(out: &mut [T], h: &[T], w: &[T], bias: Option<&[T]>, n: usize) {
     let d = w.len() / n;
     count(h.len() / n, n, d);
@@ -401,6 +409,64 @@ impl<T: Real> MlpEngine<T> {
         tape: &mut Tape<T>,
         keep: bool,
     ) {
+        self.forward_isa(isa(), tf, x, y, tape, keep)
+    }
+
+    /// [`MlpEngine::forward`] with the loops compiled for `isa` (the same bits on each).
+    fn forward_isa(
+        &self,
+        isa: Isa,
+        tf: &TimeFeatures<T>,
+        x: &[T],
+        y: &mut [T],
+        tape: &mut Tape<T>,
+        keep: bool,
+    ) {
+        match isa {
+            // SAFETY: `isa()` found the features these functions are compiled for.
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => unsafe { self.forward_avx512(tf, x, y, tape, keep) },
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => unsafe { self.forward_avx2(tf, x, y, tape, keep) },
+            _ => self.forward_impl(tf, x, y, tape, keep),
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
+    unsafe fn forward_avx512(
+        &self,
+        tf: &TimeFeatures<T>,
+        x: &[T],
+        y: &mut [T],
+        tape: &mut Tape<T>,
+        keep: bool,
+    ) {
+        self.forward_impl(tf, x, y, tape, keep)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn forward_avx2(
+        &self,
+        tf: &TimeFeatures<T>,
+        x: &[T],
+        y: &mut [T],
+        tape: &mut Tape<T>,
+        keep: bool,
+    ) {
+        self.forward_impl(tf, x, y, tape, keep)
+    }
+
+    #[inline(always)]
+    fn forward_impl(
+        &self,
+        tf: &TimeFeatures<T>,
+        x: &[T],
+        y: &mut [T],
+        tape: &mut Tape<T>,
+        keep: bool,
+    ) {
         let (d, h, depth) = (self.dim, self.width, self.depth);
         let rows = x.len() / d;
         assert_eq!(y.len(), rows * d, "forward: output size");
@@ -480,6 +546,64 @@ impl<T: Real> MlpEngine<T> {
     /// gradients (all but the time path's) to `grads` and the cotangent of the first layer's
     /// bias `b_in + h_t` to `dh0` [H] (finish with [`MlpEngine::time_backward`]).
     pub fn backward(
+        &self,
+        tape: &Tape<T>,
+        cot: &[T],
+        dx: &mut [T],
+        params: Option<(&mut [Vec<T>], &mut [T])>,
+        scratch: &mut Scratch<T>,
+    ) {
+        self.backward_isa(isa(), tape, cot, dx, params, scratch)
+    }
+
+    /// [`MlpEngine::backward`] with the loops compiled for `isa` (the same bits on each).
+    fn backward_isa(
+        &self,
+        isa: Isa,
+        tape: &Tape<T>,
+        cot: &[T],
+        dx: &mut [T],
+        params: Option<(&mut [Vec<T>], &mut [T])>,
+        scratch: &mut Scratch<T>,
+    ) {
+        match isa {
+            // SAFETY: `isa()` found the features these functions are compiled for.
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => unsafe { self.backward_avx512(tape, cot, dx, params, scratch) },
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => unsafe { self.backward_avx2(tape, cot, dx, params, scratch) },
+            _ => self.backward_impl(tape, cot, dx, params, scratch),
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
+    unsafe fn backward_avx512(
+        &self,
+        tape: &Tape<T>,
+        cot: &[T],
+        dx: &mut [T],
+        params: Option<(&mut [Vec<T>], &mut [T])>,
+        scratch: &mut Scratch<T>,
+    ) {
+        self.backward_impl(tape, cot, dx, params, scratch)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn backward_avx2(
+        &self,
+        tape: &Tape<T>,
+        cot: &[T],
+        dx: &mut [T],
+        params: Option<(&mut [Vec<T>], &mut [T])>,
+        scratch: &mut Scratch<T>,
+    ) {
+        self.backward_impl(tape, cot, dx, params, scratch)
+    }
+
+    #[inline(always)]
+    fn backward_impl(
         &self,
         tape: &Tape<T>,
         cot: &[T],
@@ -661,5 +785,64 @@ impl<T: Real> Engine for MlpEngine<T> {
         let zero = self.zero_grads();
         let grads = std::mem::replace(&mut self.grads, zero);
         self.grads_to_tensors(grads)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nn::{Activation, MlpConfig};
+    use crate::rng::Rng;
+    use candle_core::DType;
+
+    /// Forward and backward give the same bits on every instruction-set path.
+    #[test]
+    fn all_isa_paths_agree_bitwise() {
+        let cfg = MlpConfig {
+            width: 24,
+            depth: 2,
+            fourier: 5,
+            freq_min: 0.1,
+            freq_max: 10.0,
+            activation: Activation::Gelu,
+        };
+        let mut rng = Rng::new(2);
+        let mlp = Mlp::new(3, &cfg, DType::F32, &mut rng).unwrap();
+        let e = MlpEngine::<f32>::new(&mlp).unwrap();
+        let rows = 37;
+        let x: Vec<f32> = rng.normals(rows * 3).iter().map(|v| *v as f32).collect();
+        let cot: Vec<f32> = rng.normals(rows * 3).iter().map(|v| *v as f32).collect();
+        let tf = e.time_features(0.02);
+        let run = |isa: Isa| {
+            let (mut y, mut dx) = (vec![0.0f32; rows * 3], vec![0.0f32; rows * 3]);
+            let (mut tape, mut scratch) = (Tape::default(), Scratch::default());
+            let mut grads = e.zero_grads();
+            let mut dh = vec![0.0f32; 24];
+            e.forward_isa(isa, &tf, &x, &mut y, &mut tape, true);
+            e.backward_isa(
+                isa,
+                &tape,
+                &cot,
+                &mut dx,
+                Some((&mut grads, &mut dh)),
+                &mut scratch,
+            );
+            let mut all = y;
+            all.extend(dx);
+            all.extend(dh);
+            all.extend(grads.into_iter().flatten());
+            all.into_iter().map(f32::to_bits).collect::<Vec<_>>()
+        };
+        let want = run(Isa::Plain);
+        let best = crate::nn::act::fast::best_isa();
+        for isa in [Isa::Avx512, Isa::Avx2] {
+            let supported = match isa {
+                Isa::Avx512 => best == Isa::Avx512,
+                _ => best != Isa::Plain,
+            };
+            if supported {
+                assert!(run(isa) == want, "{isa:?}");
+            }
+        }
     }
 }
