@@ -23,6 +23,7 @@ use candle_core::{DType, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 mod fused;
+pub(crate) use fused::tiles_of;
 pub use fused::{cached_nodes, tiles, TAPE_CACHE_BYTES, TILE_ROWS};
 
 /// How the gradient is computed.

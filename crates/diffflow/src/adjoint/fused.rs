@@ -28,7 +28,8 @@ pub fn tiles(b: usize, chunks: usize) -> Vec<(usize, usize)> {
     tiles_of(b, chunks, TILE_ROWS)
 }
 
-fn tiles_of(b: usize, chunks: usize, tile_rows: usize) -> Vec<(usize, usize)> {
+/// [`tiles`] with tiles of at most `tile_rows` rows.
+pub(crate) fn tiles_of(b: usize, chunks: usize, tile_rows: usize) -> Vec<(usize, usize)> {
     let chunks = chunks.clamp(1, b.max(1));
     let mut out = Vec::new();
     for c in 0..chunks {

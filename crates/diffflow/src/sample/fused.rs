@@ -1,6 +1,5 @@
 //! The reverse trajectory of [`super::reverse_trajectory`] on the fused MLP engine: rows in
-//! tiles of at most [`crate::adjoint::TILE_ROWS`], taken by `threads` workers from a shared
-//! counter; each tile's trajectory is independent, so the result does not depend on the
+//! tiles of at most [`SAMPLE_TILE_ROWS`], taken by `threads` workers from a shared counter; each tile's trajectory is independent, so the result does not depend on the
 //! number of threads.
 
 use crate::flow::Steps;
@@ -9,6 +8,10 @@ use crate::{Error, Result};
 use candle_core::{Device, Tensor};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
+
+/// Largest number of rows of one tile (no activations are kept: larger tiles than the
+/// adjoint's, so that each GEMM packs its weights for more rows).
+pub const SAMPLE_TILE_ROWS: usize = 256;
 
 fn to_vec<T: Real>(t: &Tensor) -> Result<Vec<T>> {
     Ok(t.flatten_all()?.to_dtype(T::DTYPE)?.to_vec1::<T>()?)
@@ -51,7 +54,7 @@ pub(super) fn reverse<T: Real>(
     let tf_f: Vec<_> = steps.t.iter().map(|&t| fe.time_features(t)).collect();
     let tf_s: Vec<_> = steps.t.iter().map(|&t| se.time_features(t)).collect();
     let zv = to_vec::<T>(z)?;
-    let tiles = crate::adjoint::tiles(b, 1);
+    let tiles = crate::adjoint::tiles_of(b, 1, SAMPLE_TILE_ROWS);
     let counter = AtomicUsize::new(0);
     // Per tile: its states [N + 1, rows, d].
     let done: Mutex<Vec<Option<Vec<T>>>> = Mutex::new(vec![None; tiles.len()]);
