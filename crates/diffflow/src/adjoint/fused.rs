@@ -71,7 +71,7 @@ struct Part<T> {
     path: f64,
     drift: Vec<Vec<T>>,
     score: Vec<Vec<T>>,
-    /// [N + 1, H] each.
+    /// `[N + 1, H]` each.
     dh_drift: Vec<T>,
     dh_score: Vec<T>,
 }
@@ -153,7 +153,7 @@ struct Worker<T> {
     tape_f: Tape<T>,
     tape_s: Tape<T>,
     scratch: Scratch<T>,
-    /// States `x_0 … x_N` and drift values `f(x_i, t_i)`: [N + 1, rows, d] each.
+    /// States `x_0 … x_N` and drift values `f(x_i, t_i)`: `[N + 1, rows, d]` each.
     states: Vec<T>,
     fvals: Vec<T>,
     s: Vec<T>,
@@ -373,7 +373,7 @@ fn to_vec<T: Real>(t: &Tensor) -> Result<Vec<T>> {
 }
 
 /// The elements of a tensor as `T`: its own storage when it is a contiguous CPU tensor of
-/// that type (no copy of the [N, B, d] noise), a converted copy otherwise.
+/// that type (no copy of the `[N, B, d]` noise), a converted copy otherwise.
 enum Elems<'a, T> {
     Borrowed(StorageRef<'a>, usize, usize),
     Owned(Vec<T>),
@@ -401,8 +401,8 @@ impl<'a, T: Real> Elems<'a, T> {
     }
 }
 
-/// The adjoint gradient for two MLPs (see the module docs). Shapes: `x0` [B, d],
-/// `noise` [N, B, d].
+/// The adjoint gradient for two MLPs (see the module docs). Shapes: `x0` `[B, d]`,
+/// `noise` `[N, B, d]`.
 pub(super) fn gradient<T: Real>(
     drift: &Mlp,
     score: &Mlp,

@@ -82,7 +82,7 @@ pub(crate) fn matmul<T: Real>(
     }
 }
 
-/// `acc[j] += Σ_rows x[row, j]`. Shapes: `x` [rows, acc.len()].
+/// `acc[j] += Σ_rows x[row, j]`. Shapes: `x` `[rows, acc.len()]`.
 #[inline(always)]
 fn add_colsum<T: Real>(acc: &mut [T], x: &[T]) {
     for row in x.chunks_exact(acc.len()) {
@@ -93,7 +93,7 @@ fn add_colsum<T: Real>(acc: &mut [T], x: &[T]) {
 }
 
 /// `g ← g ⊙ d` and, when given, `acc[j] += Σ_rows g[row, j]` (of the product) in the same
-/// pass. Shapes: `g`, `d` [rows, H], `acc` [H].
+/// pass. Shapes: `g`, `d` `[rows, H]`, `acc` `[H]`.
 #[inline(always)]
 fn mul_colsum<T: Real>(g: &mut [T], d: &[T], acc: Option<&mut [T]>) {
     match acc {
@@ -143,7 +143,7 @@ fn dot<T: Real>(a: &[T], b: &[T]) -> T {
 }
 
 /// `out[r, :] = Σ_c a[r, c] · w[c, :]`: a thin product with `c < a.len()/rows` (the input
-/// layer, or the output layer's pullback). Shapes: `a` [rows, k], `w` [k, n], `out` [rows, n].
+/// layer, or the output layer's pullback). Shapes: `a` `[rows, k]`, `w` `[k, n]`, `out` `[rows, n]`.
 #[inline(always)]
 fn thin_rows<T: Real>(out: &mut [T], a: &[T], w: &[T], k: usize, n: usize) {
     count(a.len() / k, n, k);
@@ -161,8 +161,8 @@ fn thin_rows<T: Real>(out: &mut [T], a: &[T], w: &[T], k: usize, n: usize) {
     }
 }
 
-/// `acc[c, :] += Σ_r a[r, c] · x[r, :]` (a thin weight gradient). Shapes: `a` [rows, k],
-/// `x` [rows, n], `acc` [k, n].
+/// `acc[c, :] += Σ_r a[r, c] · x[r, :]` (a thin weight gradient). Shapes: `a` `[rows, k]`,
+/// `x` `[rows, n]`, `acc` `[k, n]`.
 #[inline(always)]
 fn thin_grad<T: Real>(acc: &mut [T], a: &[T], x: &[T], k: usize, n: usize) {
     count(a.len() / k, n, k);
@@ -177,7 +177,7 @@ fn thin_grad<T: Real>(acc: &mut [T], a: &[T], x: &[T], k: usize, n: usize) {
 }
 
 /// `out[r, c] = Σ_j h[r, j] w[c, j] (+ b[c])`: a product onto `d` columns by dot products.
-/// Shapes: `h` [rows, n], `w` [d, n], `out` [rows, d].
+/// Shapes: `h` `[rows, n]`, `w` `[d, n]`, `out` `[rows, d]`.
 #[inline(always)]
 fn thin_dots<T: Real>(out: &mut [T], h: &[T], w: &[T], bias: Option<&[T]>, n: usize) {
     let d = w.len() / n;
@@ -197,11 +197,11 @@ fn thin_dots<T: Real>(out: &mut [T], h: &[T], w: &[T], bias: Option<&[T]>, n: us
 /// bias `b_in + h_t(t)` and what the time path's backward needs.
 #[derive(Clone, Debug)]
 pub struct TimeFeatures<T> {
-    /// `b_in + h_t` [H].
+    /// `b_in + h_t` `[H]`.
     bias0: Vec<T>,
-    /// `[sin a, cos a]` with `a = c·t + p` [2K].
+    /// `[sin a, cos a]` with `a = c·t + p` `[2K]`.
     feat: Vec<T>,
-    /// `act(W_t0 e + b_t0)` [H] and its derivative.
+    /// `act(W_t0 e + b_t0)` `[H]` and its derivative.
     u: Vec<T>,
     du: Vec<T>,
 }
@@ -212,7 +212,7 @@ pub struct TimeFeatures<T> {
 pub struct Tape<T> {
     rows: usize,
     x: Vec<T>,
-    /// Post-activations of the input layer and of each hidden layer: [rows, H] each.
+    /// Post-activations of the input layer and of each hidden layer: `[rows, H]` each.
     h: Vec<Vec<T>>,
     /// Activation derivatives at the same places.
     d: Vec<Vec<T>>,
@@ -226,12 +226,12 @@ impl<T: Real> Tape<T> {
     }
 }
 
-/// Two [rows, H] work buffers of one thread.
+/// Two `[rows, H]` work buffers of one thread.
 #[derive(Clone, Debug)]
 pub struct Scratch<T> {
     a: Vec<T>,
     b: Vec<T>,
-    /// [d, H] accumulator of the input weight's gradient.
+    /// `[d, H]` accumulator of the input weight's gradient.
     w_in: Vec<T>,
 }
 
@@ -285,7 +285,7 @@ pub struct MlpEngine<T> {
     /// Weights in [`Mlp::vars`] order, then the Fourier coefficients.
     w: Vec<Vec<T>>,
     coeff: Vec<T>,
-    /// The input weight transposed: [d, H].
+    /// The input weight transposed: `[d, H]`.
     w_in_t: Vec<T>,
     // State of the tensor-level face.
     grads: Vec<Vec<T>>,
@@ -299,7 +299,7 @@ fn to_vec<T: Real>(t: &Tensor) -> Result<Vec<T>> {
     Ok(t.flatten_all()?.to_dtype(T::DTYPE)?.to_vec1::<T>()?)
 }
 
-/// `out[i] = Σ_j w[i, j] v[j]`. Shapes: `w` [rows, cols].
+/// `out[i] = Σ_j w[i, j] v[j]`. Shapes: `w` `[rows, cols]`.
 fn matvec<T: Real>(out: &mut [T], w: &[T], v: &[T], rows: usize, cols: usize) {
     for (o, wr) in out.iter_mut().zip(w.chunks_exact(cols)).take(rows) {
         let mut s = T::zero();
@@ -400,7 +400,7 @@ impl<T: Real> MlpEngine<T> {
 
     /// `y = net(x, t)` for the time features `tf` of `t`. With `keep` the activations are kept
     /// in `tape` for [`MlpEngine::backward`]; otherwise `tape` serves as scratch.
-    /// Shapes: `x` [rows, d], `y` [rows, d].
+    /// Shapes: `x` `[rows, d]`, `y` `[rows, d]`.
     pub fn forward(
         &self,
         tf: &TimeFeatures<T>,
@@ -541,10 +541,10 @@ impl<T: Real> MlpEngine<T> {
         }
     }
 
-    /// For the evaluation kept in `tape` and a cotangent `cot` [rows, d]: writes
-    /// `dx = (∂y/∂x)ᵀ cot` [rows, d]; with `params = Some((grads, dh0))` adds the weight
+    /// For the evaluation kept in `tape` and a cotangent `cot` `[rows, d]`: writes
+    /// `dx = (∂y/∂x)ᵀ cot` `[rows, d]`; with `params = Some((grads, dh0))` adds the weight
     /// gradients (all but the time path's) to `grads` and the cotangent of the first layer's
-    /// bias `b_in + h_t` to `dh0` [H] (finish with [`MlpEngine::time_backward`]).
+    /// bias `b_in + h_t` to `dh0` `[H]` (finish with [`MlpEngine::time_backward`]).
     pub fn backward(
         &self,
         tape: &Tape<T>,
@@ -668,7 +668,7 @@ impl<T: Real> MlpEngine<T> {
         }
     }
 
-    /// Backward through the first layer's bias `b_in + h_t(t)` given its cotangent `dh0` [H]:
+    /// Backward through the first layer's bias `b_in + h_t(t)` given its cotangent `dh0` `[H]`:
     /// adds to the gradients of `b_in`, the time MLP and the phases.
     pub fn time_backward(&self, tf: &TimeFeatures<T>, dh0: &[T], grads: &mut [Vec<T>]) {
         let (h, k) = (self.width, self.coeff.len());

@@ -17,8 +17,8 @@ fn to_vec<T: Real>(t: &Tensor) -> Result<Vec<T>> {
     Ok(t.flatten_all()?.to_dtype(T::DTYPE)?.to_vec1::<T>()?)
 }
 
-/// States `x_0 … x_N` [B, d] each from `z = x_N` [B, d] (see [`super::reverse_step`]);
-/// `noise` [N, B, d] when λ ≠ 0.
+/// States `x_0 … x_N` `[B, d]` each from `z = x_N` `[B, d]` (see [`super::reverse_step`]);
+/// `noise` `[N, B, d]` when λ ≠ 0.
 pub(super) fn reverse<T: Real>(
     drift: &Mlp,
     score: &Mlp,
