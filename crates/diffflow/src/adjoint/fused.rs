@@ -447,8 +447,16 @@ fn gradient_with<T: Real>(
             "drift and score must have the same width and dimension",
         ));
     }
-    let tf_f: Vec<_> = steps.t.iter().map(|&t| fe.time_features(t)).collect();
-    let tf_s: Vec<_> = steps.t.iter().map(|&t| se.time_features(t)).collect();
+    // The sweep needs only each node's first-layer bias; the rest of the time features is
+    // recomputed for the time paths' backward at the end (memory per node: H, not 5H).
+    let bias_only = |e: &MlpEngine<T>| -> Vec<TimeFeatures<T>> {
+        steps
+            .t
+            .iter()
+            .map(|&t| e.time_features(t).bias_only())
+            .collect()
+    };
+    let (tf_f, tf_s) = (bias_only(&fe), bias_only(&se));
     let (x0e, noisee) = (Elems::<T>::of(x0)?, Elems::<T>::of(noise)?);
     let (x0v, noisev) = (x0e.slice()?, noisee.slice()?);
     let max_rows = tiles.iter().map(|(lo, hi)| hi - lo).max().unwrap_or(0);
@@ -523,13 +531,13 @@ fn gradient_with<T: Real>(
     let mut total = r.total.ok_or_else(|| Error::data("empty batch"))?;
     for j in 0..=n {
         fe.time_backward(
-            &tf_f[j],
+            &fe.time_features(steps.t[j]),
             &total.dh_drift[j * h..(j + 1) * h],
             &mut total.drift,
         );
         if j >= 1 {
             se.time_backward(
-                &tf_s[j],
+                &se.time_features(steps.t[j]),
                 &total.dh_score[j * h..(j + 1) * h],
                 &mut total.score,
             );

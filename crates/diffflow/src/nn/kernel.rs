@@ -235,6 +235,17 @@ pub struct Scratch<T> {
     w_in: Vec<T>,
 }
 
+impl<T> TimeFeatures<T> {
+    /// Only what [`MlpEngine::forward`] needs (the first layer's bias): enough for forward
+    /// passes, not for [`MlpEngine::time_backward`].
+    pub fn bias_only(self) -> Self {
+        TimeFeatures {
+            bias0: self.bias0,
+            ..TimeFeatures::default()
+        }
+    }
+}
+
 impl<T> Default for TimeFeatures<T> {
     fn default() -> Self {
         TimeFeatures {
