@@ -77,6 +77,9 @@ struct Report {
     s_per_iter_max: f64,
     /// Every timed iteration, in order.
     s_per_iter_all: Vec<f64>,
+    /// Median CPU seconds (user + system, all threads) per iteration: on a loaded machine a
+    /// better guide than the wall time to what idle cores would take.
+    cpu_s_per_iter: f64,
     /// Matrix-multiply GFLOP of one iteration, counted from the shapes.
     gflop_per_iter: f64,
     /// `gflop_per_iter / s_per_iter`.
@@ -118,6 +121,17 @@ pub fn peak_rss_mb() -> f64 {
                 .and_then(|kb| kb.parse::<f64>().ok())
         })
         .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// CPU seconds (user + system) used so far by all threads of the process.
+fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
+        return f64::NAN;
+    }
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
 fn cpu_model() -> String {
@@ -197,10 +211,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     let mut times = Vec::with_capacity(args.iters);
     let mut gemm = Vec::with_capacity(args.iters);
+    let mut cpu = Vec::with_capacity(args.iters);
     for _ in 0..args.iters {
-        let t0 = Instant::now();
+        let (t0, c0) = (Instant::now(), cpu_seconds());
         trainer.train_step()?;
         times.push(t0.elapsed().as_secs_f64());
+        cpu.push(cpu_seconds() - c0);
         // Interleaved with the iterations, so that both see the same load on the machine.
         gemm.push(gemm_gflops(rows, h, h, t.threads, args.gemm_seconds));
     }
@@ -254,6 +270,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         s_per_iter_min: times.iter().copied().fold(f64::INFINITY, f64::min),
         s_per_iter_max: times.iter().copied().fold(0.0, f64::max),
         s_per_iter_all: times,
+        cpu_s_per_iter: median(&cpu),
         gflop_per_iter: flops,
         gflops,
         gemm_shape,
@@ -282,6 +299,10 @@ fn print_text(r: &Report) {
     println!(
         "training  {:.3} s/iter (median of {}; min {:.3}, max {:.3}; after {} warm-up)",
         r.s_per_iter, r.iters, r.s_per_iter_min, r.s_per_iter_max, r.warmup
+    );
+    println!(
+        "          {:.3} CPU-s/iter (user + system, all threads)",
+        r.cpu_s_per_iter
     );
     println!(
         "          {:.1} GFLOP of matrix products per iteration: {:.1} GFLOP/s",
