@@ -110,7 +110,7 @@ mod shape_timing {
         let mut out = vec![0.0f32; r * h];
         let mut gw = vec![0.0f32; h * h];
         let reps = 20000;
-        for round in 0..2 {
+        for round in 0..3 {
             let t0 = Instant::now();
             for _ in 0..reps {
                 matmul(&mut out, r, h, h, &a, (h, 1), &w, (1, h), false);
@@ -126,7 +126,19 @@ mod shape_timing {
                 matmul(&mut gw, h, h, r, &a, (1, h), &out, (h, 1), true);
             }
             let dw = 2.0 * (r * h * h * reps) as f64 / t0.elapsed().as_secs_f64() / 1e9;
-            println!("round {round}: forward {fwd:.1}, dx {dx:.1}, dW {dw:.1} GFLOP/s");
+            let t0 = Instant::now();
+            for _ in 0..reps {
+                // forward with the weight stored transposed (`wt[j, i] = W[i, j]`)
+                matmul(&mut out, r, h, h, &a, (h, 1), &w, (h, 1), false);
+            }
+            let fwd_t = 2.0 * (r * h * h * reps) as f64 / t0.elapsed().as_secs_f64() / 1e9;
+            println!(
+                "round {round} (lhs threshold {}): forward {fwd:.1}, forward (W stored transposed) {fwd_t:.1}, dx {dx:.1}, dW {dw:.1} GFLOP/s",
+                gemm::get_lhs_packing_threshold_single_thread()
+            );
+            if round == 0 {
+                gemm::set_lhs_packing_threshold_single_thread(256);
+            }
         }
     }
 }

@@ -298,6 +298,9 @@ pub struct MlpEngine<T> {
     coeff: Vec<T>,
     /// The input weight transposed: `[d, H]`.
     w_in_t: Vec<T>,
+    /// The hidden weights transposed (`[H_in, H_out]`): the forward GEMM then reads them with
+    /// unit stride, and the `gemm` crate does not repack them for every call.
+    w_hidden_t: Vec<Vec<T>>,
     // State of the tensor-level face.
     grads: Vec<Vec<T>>,
     tape: Tape<T>,
@@ -339,8 +342,21 @@ impl<T: Real> MlpEngine<T> {
                 w_in_t[c * h + j] = w[idx::IN_W][j * d + c];
             }
         }
+        let w_hidden_t = (0..cfg.depth)
+            .map(|l| {
+                let wl = &w[idx::hidden_w(l)];
+                let mut t = vec![T::zero(); h * h];
+                for i in 0..h {
+                    for j in 0..h {
+                        t[j * h + i] = wl[i * h + j];
+                    }
+                }
+                t
+            })
+            .collect();
         Ok(MlpEngine {
             act: cfg.activation,
+            w_hidden_t,
             dim: d,
             width: h,
             depth: cfg.depth,
@@ -526,8 +542,8 @@ impl<T: Real> MlpEngine<T> {
                 h,
                 &inp[..n],
                 (h, 1),
-                &self.w[wi],
-                (1, h),
+                &self.w_hidden_t[l],
+                (h, 1),
                 false,
             );
             T::bias_act(
