@@ -43,6 +43,10 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // The message (with how to resume) is already printed.
+        Err(e) if matches!(e.downcast_ref(), Some(diffflow::Error::Interrupted { .. })) => {
+            ExitCode::from(train::EXIT_INTERRUPTED)
+        }
         Err(e) => {
             eprintln!("error: {}", one_line(&e));
             ExitCode::FAILURE

@@ -1,6 +1,6 @@
 //! Progress reporting for training: an indicatif bar on a terminal, periodic lines otherwise.
 
-use diffflow::train::{LogRecord, Observer, StepStats};
+use diffflow::train::{LogRecord, Observer, Restart, StepStats};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
 use std::time::Instant;
@@ -76,6 +76,17 @@ impl Observer for TrainProgress {
         self.smoothed = Some(sm);
         self.bar.set_position(s.step as u64);
         self.bar.set_message(format!("loss {sm:.4} N {}", s.n));
+    }
+
+    fn restart(&mut self, r: &Restart) {
+        self.bar.suspend(|| {
+            eprintln!(
+                "non-finite {} at iteration {}: back to the checkpoint of iteration {} with \
+                 learning rate x {:.3e} (restart {})",
+                r.what, r.failed_step, r.from_step, r.lr_scale, r.restarts
+            )
+        });
+        self.bar.set_position(r.from_step as u64);
     }
 
     fn log(&mut self, r: &LogRecord) {

@@ -6,17 +6,72 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use diffflow::adjoint::GradMethod;
 use diffflow::checkpoint::atomic_write;
-use diffflow::config::{Precision, Preset, RunConfig, Weights};
+use diffflow::config::{NanAction, Precision, Preset, RunConfig, Weights};
 use diffflow::flow::Steps;
 use diffflow::likelihood::{ElboOptions, NllOptions};
 use diffflow::rng::{Rng, Stream};
 use diffflow::sde::{fixed_grid, Diffusion, GridKind, StepsSchedule};
 use diffflow::train::{append_metrics, HeldOutRecord, TrainData, Trainer, CONFIG_FILE, MODEL_FILE};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// Exit code of a run stopped by Ctrl-C (SIGINT) or SIGTERM after writing its checkpoint:
+/// 128 + SIGINT, as shells report an interrupted program.
+pub const EXIT_INTERRUPTED: u8 = 130;
+
+/// Flags that define a run: they cannot be changed when resuming one.
+const RUN_FLAGS: [&str; 21] = [
+    "dataset",
+    "preset",
+    "config",
+    "out",
+    "force",
+    "batch",
+    "steps",
+    "beta",
+    "grid",
+    "g",
+    "t_max",
+    "lr",
+    "seed",
+    "noise",
+    "grad",
+    "precision",
+    "width",
+    "depth",
+    "sample_weights",
+    "samples",
+    "checkpoint_every",
+];
 
 #[derive(Args)]
 #[command(allow_negative_numbers = true)]
+#[command(
+    after_help = "Ctrl-C (or SIGTERM) stops after the current iteration, writes a \
+checkpoint and exits with code 130; `diffflow train --resume DIR` continues the run exactly \
+(same metrics lines and final checkpoint bytes as an uninterrupted run). A second Ctrl-C \
+quits at once (the last checkpoint is intact: checkpoints are replaced atomically)."
+)]
 pub struct TrainArgs {
+    /// Continue the run in DIR from its last checkpoint (weights, EMA, Adam moments, step,
+    /// RNG state); its data are regenerated from its configuration. Only --iters (to train
+    /// longer), --threads and the --on-nan options may be given with it.
+    #[arg(long, value_name = "DIR", conflicts_with_all = RUN_FLAGS)]
+    resume: Option<PathBuf>,
+    /// On a NaN or infinity in the loss, gradients or state: stop (keeping the last good
+    /// checkpoint), or restart from that checkpoint with a smaller learning rate.
+    #[arg(long, value_name = "stop|restart")]
+    on_nan: Option<String>,
+    /// Learning-rate factor applied at each --on-nan restart, in (0, 1) (default 0.5).
+    #[arg(long)]
+    nan_lr_factor: Option<f64>,
+    /// Most --on-nan restarts before giving up (default 3).
+    #[arg(long)]
+    nan_max_restarts: Option<usize>,
+    /// Iterations between checkpoints (0: only at the end).
+    #[arg(long)]
+    checkpoint_every: Option<usize>,
     /// Built-in 2-D data set: olympic, rings, tree, sierpinski, sierpinski_hard, 2spirals,
     /// checkerboard, 8gaussians, moons, pinwheel, swissroll.
     #[arg(long, default_value = "rings")]
@@ -125,9 +180,6 @@ impl TrainArgs {
         if let Some(v) = &self.grad {
             t.grad = v.parse::<GradMethod>()?;
         }
-        if let Some(v) = self.threads {
-            t.threads = v;
-        }
         let m = &mut c.model;
         if let Some(v) = self.beta {
             m.grid.beta = v;
@@ -160,8 +212,29 @@ impl TrainArgs {
         if let Some(v) = self.samples {
             c.sample.n = v;
         }
+        if let Some(v) = self.checkpoint_every {
+            c.train.checkpoint_every = v;
+        }
+        self.apply_operational(&mut c)?;
         c.validate()?;
         Ok(c)
+    }
+
+    /// Flags that may also change on resume: threads and the divergence policy.
+    fn apply_operational(&self, c: &mut RunConfig) -> Result<()> {
+        if let Some(v) = self.threads {
+            c.train.threads = v;
+        }
+        if let Some(v) = &self.on_nan {
+            c.train.on_nan.action = v.parse::<NanAction>()?;
+        }
+        if let Some(v) = self.nan_lr_factor {
+            c.train.on_nan.lr_factor = v;
+        }
+        if let Some(v) = self.nan_max_restarts {
+            c.train.on_nan.max_restarts = v;
+        }
+        Ok(())
     }
 }
 
@@ -183,40 +256,166 @@ fn prepare_out(dir: &Path, force: bool) -> Result<()> {
 }
 
 pub fn run(args: TrainArgs) -> Result<()> {
-    let cfg = args.config()?;
-    let out = args
-        .out
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("runs").join(&cfg.data.dataset));
-    let data = TrainData::toy(&cfg.data, cfg.train.seed)?;
-    prepare_out(&out, args.force)?;
-    atomic_write(&out.join(CONFIG_FILE), cfg.to_toml()?.as_bytes())?;
-    let mut trainer = Trainer::new(cfg.clone(), data)?;
+    let (mut trainer, out) = match &args.resume {
+        Some(dir) => resume(&args, dir)?,
+        None => start(&args)?,
+    };
+    let cfg = trainer.cfg.clone();
     eprintln!(
-        "training DiffFlow on {} ({} points, d = {}): {} parameters, {} iterations, batch {}, N = {}",
+        "training DiffFlow on {} ({} points, d = {}): {} parameters, {} iterations, batch {}, N = {}{}",
         cfg.data.dataset,
         trainer.data.len(),
         trainer.data.dim,
         trainer.flow.num_params(),
         cfg.train.iters,
         cfg.train.batch,
-        cfg.train.steps
+        cfg.train.steps,
+        if trainer.step > 0 {
+            format!(", resuming at iteration {}", trainer.step)
+        } else {
+            String::new()
+        }
     );
+    let stop = install_stop_handler()?;
+    let first = trainer.step;
     let mut progress = TrainProgress::new();
-    let result = trainer.run(Some(&out), &mut progress, None);
+    let result = trainer.run(Some(&out), &mut progress, Some(&stop));
     progress.finish();
-    result?;
+    match result {
+        Err(e @ diffflow::Error::Interrupted { .. }) => {
+            eprintln!(
+                "{e}: checkpoint saved in {}. Resume with: diffflow train --resume {}",
+                out.display(),
+                out.display()
+            );
+            return Err(e.into());
+        }
+        Err(e @ diffflow::Error::NonFinite { .. }) => {
+            return Err(match diffflow::train::load_run(&out, None) {
+                Ok(run) => anyhow::anyhow!(
+                    "{e}; the last good checkpoint (iteration {}) is in {}: continue from it \
+                     with a smaller learning rate by `diffflow train --resume {} --on-nan \
+                     restart` (see --nan-lr-factor)",
+                    run.step,
+                    out.display(),
+                    out.display()
+                ),
+                Err(_) => e.into(),
+            });
+        }
+        other => other?,
+    }
     let secs = progress.elapsed();
     eprintln!(
-        "trained {} iterations in {:.1} s ({:.2} it/s)",
-        trainer.step,
+        "trained {} iterations in {:.1} s ({:.2} it/s){}",
+        trainer.step - first,
         secs,
-        trainer.step as f64 / secs.max(1e-9)
+        (trainer.step - first) as f64 / secs.max(1e-9),
+        match trainer.restarts() {
+            0 => String::new(),
+            r => format!(
+                "; {r} divergence restart(s), learning rate x {:.3e}",
+                trainer.lr_scale()
+            ),
+        }
     );
+    // Ctrl-C during the final pictures and evaluation stops them too; the model is saved,
+    // and resuming the complete run writes them.
+    let stopped = || -> Result<()> {
+        if stop.load(Ordering::SeqCst) {
+            eprintln!(
+                "interrupted after training: the model is saved in {}; `diffflow train \
+                 --resume {}` writes samples.png and the held-out evaluation",
+                out.display(),
+                out.display()
+            );
+            return Err(diffflow::Error::Interrupted { step: trainer.step }.into());
+        }
+        Ok(())
+    };
+    stopped()?;
     write_samples(&trainer, &out)?;
-    write_held_out(&trainer, &out)?;
+    stopped()?;
+    // A resumed run that was complete may already have its held-out line.
+    if !has_held_out(&out, trainer.step) {
+        write_held_out(&trainer, &out)?;
+    }
     eprintln!("wrote {}", out.display());
     Ok(())
+}
+
+/// Whether `metrics.jsonl` in `out` already holds the held-out evaluation of `step`.
+fn has_held_out(out: &Path, step: usize) -> bool {
+    let Ok(text) = std::fs::read_to_string(out.join(diffflow::train::METRICS_FILE)) else {
+        return false;
+    };
+    text.lines().any(|l| {
+        serde_json::from_str::<serde_json::Value>(l).is_ok_and(|v| {
+            v.get("test_nll").is_some()
+                && v.get("step").and_then(|s| s.as_u64()) == Some(step as u64)
+        })
+    })
+}
+
+/// A fresh run: configuration from the flags, a new output folder.
+fn start(args: &TrainArgs) -> Result<(Trainer, PathBuf)> {
+    let cfg = args.config()?;
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("runs").join(&cfg.data.dataset));
+    let data = build_data(&cfg)?;
+    prepare_out(&out, args.force)?;
+    atomic_write(&out.join(CONFIG_FILE), cfg.to_toml()?.as_bytes())?;
+    Ok((Trainer::new(cfg, data)?, out))
+}
+
+/// The training data of a configuration: a fresh run and a resumed one must build them the
+/// same way (resume checks them against the checkpoint's standardisation).
+fn build_data(cfg: &RunConfig) -> diffflow::Result<TrainData> {
+    TrainData::toy(&cfg.data, cfg.train.seed)
+}
+
+/// A resumed run: everything from the checkpoint in `dir`, the data regenerated from its
+/// configuration; only --iters, --threads and the --on-nan options may change.
+fn resume(args: &TrainArgs, dir: &Path) -> Result<(Trainer, PathBuf)> {
+    let mut trainer = Trainer::resume_with(dir, build_data)
+        .with_context(|| format!("cannot resume the run in {}", dir.display()))?;
+    let before = trainer.cfg.clone();
+    let mut cfg = before.clone();
+    args.apply_operational(&mut cfg)?;
+    cfg.validate()?;
+    trainer.cfg = cfg;
+    if let Some(iters) = args.iters {
+        trainer.set_iters(iters)?;
+    }
+    if trainer.cfg != before {
+        atomic_write(&dir.join(CONFIG_FILE), trainer.cfg.to_toml()?.as_bytes())?;
+    }
+    if trainer.step >= trainer.cfg.train.iters {
+        eprintln!(
+            "the run in {} is complete ({} iterations); give --iters to train longer",
+            dir.display(),
+            trainer.step
+        );
+    }
+    Ok((trainer, dir.to_path_buf()))
+}
+
+/// Ctrl-C and SIGTERM set the returned flag: training stops after the current iteration with
+/// a checkpoint. A second signal quits at once.
+fn install_stop_handler() -> Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            eprintln!("\nstopped without a new checkpoint (the last one is intact)");
+            std::process::exit(i32::from(EXIT_INTERRUPTED));
+        }
+        eprintln!("\nstopping after this iteration to write a checkpoint (Ctrl-C again: quit now)");
+    })
+    .context("cannot install the Ctrl-C handler")?;
+    Ok(stop)
 }
 
 /// Held-out points evaluated at the end of training.

@@ -54,6 +54,52 @@ impl std::str::FromStr for Weights {
     }
 }
 
+/// What training does when a NaN or infinity appears in the loss, the gradients or the state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum NanAction {
+    /// Stop with [`Error::NonFinite`], keeping the last good checkpoint.
+    #[default]
+    Stop,
+    /// Go back to the last good checkpoint and continue with a smaller learning rate.
+    Restart,
+}
+
+impl std::str::FromStr for NanAction {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "stop" => Ok(NanAction::Stop),
+            "restart" => Ok(NanAction::Restart),
+            _ => Err(Error::config(format!(
+                "unknown on-nan action '{s}' (expected stop or restart)"
+            ))),
+        }
+    }
+}
+
+/// The divergence guard's policy.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OnNan {
+    /// Stop, or restart from the last checkpoint.
+    pub action: NanAction,
+    /// Factor applied to the learning rate at each restart, in (0, 1).
+    pub lr_factor: f64,
+    /// Restarts allowed in one run before training stops.
+    pub max_restarts: usize,
+}
+
+impl Default for OnNan {
+    fn default() -> Self {
+        OnNan {
+            action: NanAction::Stop,
+            lr_factor: 0.5,
+            max_restarts: 3,
+        }
+    }
+}
+
 /// The data set.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -127,6 +173,9 @@ pub struct TrainConfig {
     pub log_every: usize,
     /// Iterations between checkpoints (0: only at the end).
     pub checkpoint_every: usize,
+    /// What to do when a NaN or infinity appears.
+    #[serde(default)]
+    pub on_nan: OnNan,
 }
 
 /// Sampling defaults of a run.
@@ -157,6 +206,17 @@ pub struct RunConfig {
     /// Sampling.
     pub sample: SampleConfig,
 }
+
+/// Largest data set / sample count a configuration may ask for.
+pub const MAX_POINTS: usize = 100_000_000;
+/// Largest batch.
+pub const MAX_BATCH: usize = 1 << 20;
+/// Largest number of steps N.
+pub const MAX_STEPS: usize = 100_000;
+/// Largest hidden width and number of Fourier frequencies.
+pub const MAX_WIDTH: usize = 1 << 16;
+/// Largest number of hidden layers.
+pub const MAX_DEPTH: usize = 1024;
 
 /// Named configurations.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -227,6 +287,7 @@ impl RunConfig {
                     chunks: 2,
                     log_every: 10,
                     checkpoint_every: 500,
+                    on_nan: OnNan::default(),
                 },
                 sample: SampleConfig {
                     n: 10_000,
@@ -254,10 +315,20 @@ impl RunConfig {
         }
     }
 
-    /// Parses a TOML configuration (unknown keys are errors) and validates it.
+    /// Parses a TOML configuration (unknown keys are errors; the error gives the line) and
+    /// validates it.
     pub fn from_toml(text: &str) -> Result<Self> {
-        let cfg: RunConfig =
-            toml::from_str(text).map_err(|e| Error::config(e.message().to_string()))?;
+        let cfg: RunConfig = toml::from_str(text).map_err(|e| {
+            let msg = e.message().trim_end().replace('\n', " ");
+            match e.span() {
+                Some(span) => {
+                    let before = &text.as_bytes()[..span.start.min(text.len())];
+                    let line = 1 + before.iter().filter(|&&b| b == b'\n').count();
+                    Error::config(format!("line {line}: {msg}"))
+                }
+                None => Error::config(msg),
+            }
+        })?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -291,6 +362,33 @@ impl RunConfig {
         at_least_one("train.log_every", t.log_every)?;
         at_least_one("data.train_size", self.data.train_size)?;
         at_least_one("sample.n", self.sample.n)?;
+        // Upper bounds: a typo or a hostile file must be an error, not an attempt to
+        // allocate terabytes.
+        let at_most = |name: &str, v: usize, max: usize| {
+            if v <= max {
+                Ok(())
+            } else {
+                Err(Error::config(format!("{name} must be <= {max}, got {v}")))
+            }
+        };
+        at_most("data.train_size", self.data.train_size, MAX_POINTS)?;
+        at_most("data.test_size", self.data.test_size, MAX_POINTS)?;
+        at_most("train.batch", t.batch, MAX_BATCH)?;
+        at_most("train.steps (largest N)", t.steps.max(), MAX_STEPS)?;
+        at_most("train.threads", t.threads, 1024)?;
+        at_most("train.chunks", t.chunks, MAX_BATCH)?;
+        at_most("sample.n", self.sample.n, MAX_POINTS)?;
+        at_most("sample.steps", self.sample.steps.unwrap_or(1), MAX_STEPS)?;
+        at_most("model.net.width", self.model.net.width, MAX_WIDTH)?;
+        at_most("model.net.fourier", self.model.net.fourier, MAX_WIDTH)?;
+        at_most("model.net.depth", self.model.net.depth, MAX_DEPTH)?;
+        let on_nan = &t.on_nan;
+        if !(on_nan.lr_factor > 0.0 && on_nan.lr_factor < 1.0) {
+            return Err(Error::config(format!(
+                "train.on_nan.lr_factor must be in (0, 1), got {}",
+                on_nan.lr_factor
+            )));
+        }
         if let Some(s) = self.sample.steps {
             at_least_one("sample.steps", s)?;
         }
@@ -387,5 +485,92 @@ mod tests {
             .unwrap()
             .replace("steps = \"10,20@500\"", "steps = \"0\"");
         assert!(RunConfig::from_toml(&text).is_err());
+    }
+
+    #[test]
+    fn hostile_config_files_are_clear_errors() {
+        let good = RunConfig::preset(Preset::Quick, "rings").to_toml().unwrap();
+        let line_of = |key: &str| 1 + good[..good.find(key).unwrap()].matches('\n').count();
+        let cases: Vec<(String, String)> = vec![
+            // Unknown key: named, with its line.
+            (
+                good.replace("[train]\n", "[train]\nmomentum = 0.9\n"),
+                format!("line {}: unknown field `momentum`", line_of("[train]") + 1),
+            ),
+            (
+                good.replace("[sample]", "[extra]\nx = 1\n\n[sample]"),
+                "unknown field `extra`".into(),
+            ),
+            // Wrong types and syntax.
+            (
+                good.replace("batch = 1000", "batch = \"big\""),
+                format!("line {}: invalid type", line_of("batch = 1000")),
+            ),
+            (
+                good.replace("batch = 1000", "batch = -3"),
+                "invalid value: integer `-3`".into(),
+            ),
+            (good.replace("batch = 1000", "batch = "), "line".into()),
+            (good.replace("[train]", "[train"), "line".into()),
+            ("".into(), "missing field `data`".into()),
+            // Out-of-range values.
+            (
+                good.replace("lr = 0.01", "lr = nan"),
+                "train.lr must be > 0, got NaN".into(),
+            ),
+            (
+                good.replace("lr = 0.01", "lr = inf"),
+                "train.lr must be > 0, got inf".into(),
+            ),
+            (
+                good.replace("train_size = 100000", "train_size = 1000000000000000"),
+                "data.train_size must be <= 100000000".into(),
+            ),
+            (
+                good.replace("width = 96", "width = 4000000000"),
+                "model.net.width must be <= 65536".into(),
+            ),
+            (
+                good.replace("batch = 1000", "batch = 0"),
+                "train.batch must be >= 1".into(),
+            ),
+            (
+                good.replace("steps = \"10,20@500\"", "steps = \"1000000\""),
+                "largest N) must be <= 100000".into(),
+            ),
+            (
+                good.replace("ema_decay = 0.999", "ema_decay = 1.5"),
+                "train.ema_decay must be in [0, 1)".into(),
+            ),
+            (
+                good.replace("lambda = 1.0", "lambda = 2.0"),
+                "sample.lambda must be in [0, 1]".into(),
+            ),
+            (
+                good.replace("lr_factor = 0.5", "lr_factor = 1.5"),
+                "train.on_nan.lr_factor must be in (0, 1)".into(),
+            ),
+            (
+                good.replace("action = \"stop\"", "action = \"explode\""),
+                "unknown variant `explode`".into(),
+            ),
+        ];
+        for (text, expect) in cases {
+            assert_ne!(text, good, "case {expect} did not change the file");
+            let err = RunConfig::from_toml(&text).unwrap_err().to_string();
+            println!("{err}");
+            assert!(err.contains(&expect), "expected '{expect}' in: {err}");
+            assert!(!err.contains('\n'), "one line: {err}");
+        }
+        // Configurations written before `on_nan` existed still load (it has a default).
+        let old = good.replace(
+            "[train.on_nan]\naction = \"stop\"\nlr_factor = 0.5\nmax_restarts = 3\n",
+            "",
+        );
+        assert_ne!(old, good);
+        assert_eq!(
+            RunConfig::from_toml(&old).unwrap().train.on_nan,
+            OnNan::default()
+        );
     }
 }

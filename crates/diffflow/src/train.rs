@@ -3,7 +3,7 @@
 
 use crate::adjoint::{gradient, LossParts};
 use crate::checkpoint::{self, TensorFile};
-use crate::config::{DataConfig, ModelConfig, RunConfig, Weights};
+use crate::config::{DataConfig, ModelConfig, NanAction, RunConfig, Weights};
 use crate::data::{toy_2d, Standardizer};
 use crate::flow::{DiffFlow, Steps};
 use crate::nn::{Mlp, TimeNet};
@@ -129,6 +129,29 @@ pub struct LogRecord {
     pub n: usize,
     /// Learning rate at the last iteration.
     pub lr: f64,
+    /// Divergence restarts so far (absent from the line when 0).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub restarts: usize,
+}
+
+fn is_zero(v: &usize) -> bool {
+    *v == 0
+}
+
+/// A divergence restart: training went back to the last good checkpoint with a smaller
+/// learning rate.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Restart {
+    /// The iteration that produced the NaN or infinity.
+    pub failed_step: usize,
+    /// The quantity that was not finite.
+    pub what: String,
+    /// The step of the checkpoint training went back to.
+    pub from_step: usize,
+    /// The learning-rate scale from now on.
+    pub lr_scale: f64,
+    /// Restarts so far, this one included.
+    pub restarts: usize,
 }
 
 /// Receives progress from [`Trainer::run`].
@@ -141,6 +164,8 @@ pub trait Observer {
     fn log(&mut self, _record: &LogRecord) {}
     /// A checkpoint was written after `step` iterations.
     fn checkpoint(&mut self, _step: usize) {}
+    /// Training diverged and went back to the last good checkpoint.
+    fn restart(&mut self, _restart: &Restart) {}
 }
 
 /// An observer that ignores everything.
@@ -162,6 +187,12 @@ pub struct Trainer {
     /// Iterations completed.
     pub step: usize,
     rng: Rng,
+    /// Sums since the last metrics line (saved, so that a resumed run writes the same lines).
+    acc: Accumulator,
+    /// Learning-rate factor from divergence restarts (1 without).
+    lr_scale: f64,
+    /// Divergence restarts so far.
+    restarts: usize,
 }
 
 impl Trainer {
@@ -189,8 +220,37 @@ impl Trainer {
             ema,
             step: 0,
             rng: Rng::stream(seed, Stream::Train),
+            acc: Accumulator::default(),
+            lr_scale: 1.0,
+            restarts: 0,
             cfg,
         })
+    }
+
+    /// Changes the number of iterations of the run (e.g. to train a resumed run longer);
+    /// it cannot go below the iterations already done.
+    pub fn set_iters(&mut self, iters: usize) -> Result<()> {
+        if iters < self.step {
+            return Err(Error::config(format!(
+                "train.iters = {iters} is below the {} iterations already done",
+                self.step
+            )));
+        }
+        let mut cfg = self.cfg.clone();
+        cfg.train.iters = iters;
+        cfg.validate()?;
+        self.cfg = cfg;
+        Ok(())
+    }
+
+    /// Divergence restarts so far.
+    pub fn restarts(&self) -> usize {
+        self.restarts
+    }
+
+    /// The learning-rate factor left by divergence restarts (1 without).
+    pub fn lr_scale(&self) -> f64 {
+        self.lr_scale
     }
 
     /// The time grid for the next iteration (draws from the training stream when flexible).
@@ -229,27 +289,43 @@ impl Trainer {
         };
         let mut g = gradient(&self.flow, &x0, &steps, &noise, t.grad, t.chunks, t.threads)?;
         let step = self.step + 1;
-        if !g.loss.loss.is_finite() {
-            return Err(Error::NonFinite {
-                step,
-                what: format!("loss ({})", g.loss.loss),
-            });
+        let non_finite = |what: String| Error::NonFinite { step, what };
+        let l = &g.loss;
+        if !l.loss.is_finite() {
+            return Err(non_finite(format!(
+                "loss ({}; prior term {}, path term {})",
+                l.loss, l.prior, l.path
+            )));
+        }
+        let names = |net: &dyn TimeNet, prefix: &str| -> Vec<String> {
+            net.vars()
+                .iter()
+                .map(|(n, _)| format!("{prefix}.{n}"))
+                .collect()
+        };
+        let (drift_names, score_names) = (
+            names(self.flow.drift.as_ref(), "drift"),
+            names(self.flow.score.as_ref(), "score"),
+        );
+        let grads = drift_names.iter().zip(&g.drift);
+        if let Some(name) = first_non_finite(grads.chain(score_names.iter().zip(&g.score)))? {
+            return Err(non_finite(format!("gradient of {name}")));
         }
         let max_norm = if t.clip > 0.0 { t.clip } else { f64::INFINITY };
         let grad_norm = clip_global_norm(&mut [&mut g.drift, &mut g.score], max_norm)?;
         if !grad_norm.is_finite() {
-            return Err(Error::NonFinite {
-                step,
-                what: "gradient norm".into(),
-            });
+            return Err(non_finite(format!("gradient norm ({grad_norm})")));
         }
         let (lr_f, lr_s) = self.cfg.learning_rates();
-        let lr_f = step_decay(lr_f, t.lr_decay, t.lr_decay_every, self.step);
-        let lr_s = step_decay(lr_s, t.lr_decay, t.lr_decay_every, self.step);
+        let lr_f = step_decay(lr_f, t.lr_decay, t.lr_decay_every, self.step) * self.lr_scale;
+        let lr_s = step_decay(lr_s, t.lr_decay, t.lr_decay_every, self.step) * self.lr_scale;
         self.adam[0].update(self.flow.drift.vars(), &g.drift, lr_f)?;
         self.adam[1].update(self.flow.score.vars(), &g.score, lr_s)?;
         self.ema[0].update(self.flow.drift.vars())?;
         self.ema[1].update(self.flow.score.vars())?;
+        if let Some(what) = self.non_finite_state()? {
+            return Err(non_finite(format!("{what} after the update")));
+        }
         self.step = step;
         Ok(StepStats {
             step,
@@ -260,27 +336,103 @@ impl Trainer {
         })
     }
 
+    /// The first non-finite tensor of the training state (weights, Adam moments, EMA), named.
+    fn non_finite_state(&self) -> Result<Option<String>> {
+        for (k, net, prefix) in [
+            (0, self.flow.drift.as_ref(), "drift"),
+            (1, self.flow.score.as_ref(), "score"),
+        ] {
+            for (i, (name, v)) in net.vars().iter().enumerate() {
+                for (kind, t) in [
+                    ("parameter", v.as_tensor()),
+                    ("Adam first moment of", &self.adam[k].m[i]),
+                    ("Adam second moment of", &self.adam[k].v[i]),
+                    ("EMA of", &self.ema[k].shadow[i]),
+                ] {
+                    if !all_finite(t)? {
+                        return Ok(Some(format!("{kind} {prefix}.{name}")));
+                    }
+                }
+            }
+        }
+        Ok(None)
+    }
+
     /// Trains until `cfg.train.iters`, writing `metrics.jsonl` lines and checkpoints into `dir`
-    /// when given. Stops early (with a checkpoint) when `stop` becomes true.
+    /// when given (a fresh run first writes its step-0 checkpoint, so that the folder always
+    /// holds a complete one). Stops early, with a checkpoint, when `stop` becomes true
+    /// ([`Error::Interrupted`]).
+    ///
+    /// A NaN or infinity in the loss, a gradient or the state stops training with
+    /// [`Error::NonFinite`] naming the step and the quantity; the checkpoint on disk is the
+    /// last good one (a bad state is never saved). With `train.on_nan.action = restart` (and
+    /// `dir` given), training instead goes back to that checkpoint, multiplies the learning
+    /// rate by `lr_factor` and goes on, at most `max_restarts` times; the batches replayed
+    /// are the same (the RNG state is restored), only the learning rate differs.
     pub fn run(
         &mut self,
         dir: Option<&Path>,
         obs: &mut dyn Observer,
         stop: Option<&AtomicBool>,
     ) -> Result<()> {
+        obs.start(self.step, self.cfg.train.iters);
+        let mut metrics = None;
+        if let Some(d) = dir {
+            checkpoint::remove_stale_temps(&d.join(MODEL_FILE));
+            checkpoint::remove_stale_temps(&d.join(METRICS_FILE));
+            if self.step == 0 {
+                self.save(d)?;
+            }
+            metrics = Some(MetricsWriter::open(&d.join(METRICS_FILE), self.step)?);
+        }
+        loop {
+            let (step, what) = match self.run_steps(dir, metrics.as_mut(), obs, stop) {
+                Err(Error::NonFinite { step, what }) => (step, what),
+                other => return other,
+            };
+            let policy = self.cfg.train.on_nan;
+            let d = match dir {
+                Some(d) if policy.action == NanAction::Restart => d,
+                _ => return Err(Error::NonFinite { step, what }),
+            };
+            if self.restarts >= policy.max_restarts {
+                return Err(Error::NonFinite {
+                    step,
+                    what: format!("{what} (after {} restarts)", self.restarts),
+                });
+            }
+            let (lr_scale, restarts) = (self.lr_scale * policy.lr_factor, self.restarts + 1);
+            let path = d.join(MODEL_FILE);
+            let (_, state, file) = read_run(&path)?;
+            self.restore(&state, &file, &path)?;
+            self.lr_scale = lr_scale;
+            self.restarts = restarts;
+            self.save(d)?;
+            metrics = Some(MetricsWriter::open(&d.join(METRICS_FILE), self.step)?);
+            obs.restart(&Restart {
+                failed_step: step,
+                what,
+                from_step: self.step,
+                lr_scale,
+                restarts,
+            });
+        }
+    }
+
+    fn run_steps(
+        &mut self,
+        dir: Option<&Path>,
+        mut metrics: Option<&mut MetricsWriter>,
+        obs: &mut dyn Observer,
+        stop: Option<&AtomicBool>,
+    ) -> Result<()> {
         let t = self.cfg.train.clone();
-        obs.start(self.step, t.iters);
-        let mut metrics = match dir {
-            Some(d) => Some(MetricsWriter::open(&d.join(METRICS_FILE), self.step)?),
-            None => None,
-        };
-        let mut acc = Accumulator::default();
         while self.step < t.iters {
             let s = self.train_step()?;
             obs.step(&s);
-            acc.add(&s);
+            self.acc.add(&s);
             if s.step % t.log_every == 0 || s.step == t.iters {
-                let rec = acc.record(&s);
+                let rec = self.acc.record(&s, self.restarts);
                 if let Some(m) = metrics.as_mut() {
                     m.write(&rec)?;
                 }
@@ -301,8 +453,16 @@ impl Trainer {
         Ok(())
     }
 
-    /// Writes the checkpoint `dir/model.safetensors` (atomically).
+    /// Writes the checkpoint `dir/model.safetensors` atomically (temp file, fsync, rename:
+    /// the previous checkpoint stays complete until the new one replaces it). Refuses to
+    /// write a state with a NaN or infinity ([`Error::NonFinite`]).
     pub fn save(&self, dir: &Path) -> Result<()> {
+        if let Some(what) = self.non_finite_state()? {
+            return Err(Error::NonFinite {
+                step: self.step,
+                what: format!("{what} (checkpoint not written)"),
+            });
+        }
         let mut tensors = BTreeMap::new();
         for (k, (net, prefix)) in [
             (self.flow.drift.as_ref(), "drift"),
@@ -328,6 +488,9 @@ impl Trainer {
             rng: self.rng.state(),
             standardizer: self.data.standardizer.clone(),
             dim: self.data.dim,
+            metrics: self.acc.clone(),
+            lr_scale: self.lr_scale,
+            restarts: self.restarts,
         };
         let mut meta = BTreeMap::new();
         meta.insert("format".into(), "diffflow".into());
@@ -340,10 +503,36 @@ impl Trainer {
         checkpoint::write(&dir.join(MODEL_FILE), &tensors, &meta)
     }
 
-    /// Restores a run from `dir/model.safetensors` with its data (for `--resume`).
+    /// Restores a run from `dir/model.safetensors` (for `--resume`): weights, EMA, Adam
+    /// moments, step, RNG state, metrics sums and restart count, so that the resumed run
+    /// continues exactly as the uninterrupted one would. `data` must be the run's data,
+    /// regenerated from its configuration (checked through the standardisation, which must
+    /// agree to the bit).
     pub fn resume(dir: &Path, data: TrainData) -> Result<Self> {
+        Self::resume_with(dir, |_| Ok(data))
+    }
+
+    /// [`Trainer::resume`] with the data built from the run's configuration by `make_data`.
+    pub fn resume_with(
+        dir: &Path,
+        make_data: impl FnOnce(&RunConfig) -> Result<TrainData>,
+    ) -> Result<Self> {
         let path = dir.join(MODEL_FILE);
+        if !path.exists() {
+            return Err(Error::checkpoint(
+                &path,
+                "no checkpoint to resume from (is this a run folder written by `diffflow train`?)",
+            ));
+        }
         let (cfg, state, file) = read_run(&path)?;
+        let data = make_data(&cfg)?;
+        if data.standardizer != state.standardizer {
+            return Err(Error::checkpoint(
+                &path,
+                "the training data differ from the run's (their standardisation does not match \
+                 the checkpoint's): resume needs the same data set, seed and sizes",
+            ));
+        }
         let mut tr = Trainer::new(cfg, data)?;
         tr.restore(&state, &file, &path)?;
         Ok(tr)
@@ -359,6 +548,7 @@ impl Trainer {
                 ),
             ));
         }
+        check_tensors(&self.flow, file, path)?;
         for (k, prefix) in ["drift", "score"].into_iter().enumerate() {
             let net: &dyn TimeNet = if k == 0 {
                 self.flow.drift.as_ref()
@@ -366,21 +556,8 @@ impl Trainer {
                 self.flow.score.as_ref()
             };
             checkpoint::load_net(net, prefix, file, path)?;
-            for (i, (name, var)) in net.vars().iter().enumerate() {
-                let get = |key: String| -> Result<Tensor> {
-                    let t = file.get(&key, path)?;
-                    if t.dims() != var.dims() {
-                        return Err(Error::checkpoint(
-                            path,
-                            format!(
-                                "tensor '{key}' has shape {:?}, expected {:?}",
-                                t.dims(),
-                                var.dims()
-                            ),
-                        ));
-                    }
-                    Ok(t.to_dtype(var.dtype())?)
-                };
+            for (i, (name, _)) in net.vars().iter().enumerate() {
+                let get = |key: String| file.get(&key, path).cloned();
                 self.ema[k].shadow[i] = get(format!("ema.{prefix}.{name}"))?;
                 self.adam[k].m[i] = get(format!("adam.m.{prefix}.{name}"))?;
                 self.adam[k].v[i] = get(format!("adam.v.{prefix}.{name}"))?;
@@ -389,8 +566,12 @@ impl Trainer {
             self.ema[k].updates = state.ema_updates[k];
         }
         self.step = state.step;
-        self.rng = Rng::from_state(&state.rng)?;
+        self.rng = Rng::from_state(&state.rng)
+            .map_err(|e| Error::checkpoint(path, format!("stored state: {e}")))?;
         self.data.standardizer = state.standardizer.clone();
+        self.acc = state.metrics.clone();
+        self.lr_scale = state.lr_scale;
+        self.restarts = state.restarts;
         Ok(())
     }
 
@@ -428,25 +609,174 @@ struct TrainState {
     rng: RngState,
     standardizer: Standardizer,
     dim: usize,
+    /// Sums since the last metrics line.
+    #[serde(default)]
+    metrics: Accumulator,
+    #[serde(default = "one")]
+    lr_scale: f64,
+    #[serde(default)]
+    restarts: usize,
 }
 
+fn one() -> f64 {
+    1.0
+}
+
+/// Whether every value of `t` is finite (a NaN or ±inf makes the f64 sum non-finite; f32
+/// values cannot overflow an f64 sum).
+fn all_finite(t: &Tensor) -> Result<bool> {
+    if !matches!(t.dtype(), DType::F32 | DType::F64) {
+        return Ok(true);
+    }
+    let sum = t.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?;
+    if sum.is_finite() {
+        return Ok(true);
+    }
+    // An f64 sum can overflow with finite values: look at each one.
+    let v = t.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
+    Ok(v.iter().all(|x| x.is_finite()))
+}
+
+/// The name of the first tensor with a NaN or infinity.
+fn first_non_finite<'a>(
+    named: impl Iterator<Item = (&'a String, &'a Tensor)>,
+) -> Result<Option<String>> {
+    for (name, t) in named {
+        if !all_finite(t)? {
+            return Ok(Some(name.clone()));
+        }
+    }
+    Ok(None)
+}
+
+/// Reads and validates a run checkpoint: safetensors structure, content checksum, metadata
+/// (format, config, state) and their consistency. Tensors are checked against the model by
+/// [`check_tensors`] once it is built.
 fn read_run(path: &Path) -> Result<(RunConfig, TrainState, TensorFile)> {
-    let file = checkpoint::read(path)?;
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    parse_run(&bytes).map_err(|e| match e {
+        Error::Checkpoint { msg, .. } => Error::checkpoint(path, msg),
+        other => Error::checkpoint(path, other.to_string()),
+    })
+}
+
+/// [`read_run`] on bytes (errors carry an empty path; the caller adds it). Exposed for the
+/// fuzz targets.
+#[doc(hidden)]
+pub fn parse_run_bytes(bytes: &[u8]) -> Result<()> {
+    let (cfg, state, file) = parse_run(bytes)?;
+    let flow = build_flow(&cfg.model, state.dim, &mut Rng::new(0))?;
+    check_tensors(&flow, &file, Path::new(""))
+}
+
+fn parse_run(bytes: &[u8]) -> Result<(RunConfig, TrainState, TensorFile)> {
+    let path = Path::new("");
+    let bad = |msg: String| Error::checkpoint(path, msg);
+    let file = checkpoint::from_bytes(bytes).map_err(bad)?;
     if file.metadata.get("format").map(String::as_str) != Some("diffflow") {
-        return Err(Error::checkpoint(
-            path,
-            "not a diffflow checkpoint (metadata 'format')",
-        ));
+        return Err(bad("not a diffflow checkpoint (metadata 'format')".into()));
+    }
+    if !file.verified {
+        return Err(bad(format!(
+            "no content checksum (metadata '{}'): not written by diffflow",
+            checkpoint::CHECKSUM_KEY
+        )));
     }
     let cfg = RunConfig::from_toml(file.meta("config", path)?)
-        .map_err(|e| Error::checkpoint(path, format!("stored config: {e}")))?;
+        .map_err(|e| bad(format!("stored config: {e}")))?;
     let state: TrainState = serde_json::from_str(file.meta("state", path)?)
-        .map_err(|e| Error::checkpoint(path, format!("stored state: {e}")))?;
+        .map_err(|e| bad(format!("stored state: {e}")))?;
     state
         .standardizer
         .validate()
-        .map_err(|e| Error::checkpoint(path, e.to_string()))?;
+        .map_err(|e| bad(format!("stored state: {e}")))?;
+    if state.standardizer.mean.len() != state.dim {
+        return Err(bad(format!(
+            "stored state: standardisation has {} columns, dimension is {}",
+            state.standardizer.mean.len(),
+            state.dim
+        )));
+    }
+    let s = state.step as u64;
+    if state.adam_steps != [s, s] || state.ema_updates != [s, s] {
+        return Err(bad(format!(
+            "stored state: step {} but Adam steps {:?} and EMA updates {:?}",
+            state.step, state.adam_steps, state.ema_updates
+        )));
+    }
+    if !(state.lr_scale.is_finite() && state.lr_scale > 0.0) {
+        return Err(bad(format!(
+            "stored state: learning-rate scale {} is not > 0",
+            state.lr_scale
+        )));
+    }
+    Rng::from_state(&state.rng).map_err(|e| bad(format!("stored state: {e}")))?;
+    // The model about to be built must be of the order of what the file holds: a hostile
+    // `dim` must not make us allocate a huge network before the shapes are compared (which
+    // gives the precise error).
+    let held: usize = file
+        .tensors
+        .iter()
+        .filter(|(n, _)| n.starts_with("drift."))
+        .map(|(_, t)| t.elem_count())
+        .sum();
+    let limit = 4 * held + (1 << 20);
+    let needed = cfg.model.net.num_params(state.dim.min(limit));
+    if state.dim > limit || needed > limit {
+        return Err(bad(format!(
+            "stored state: dimension {} needs {} drift parameters, far more than the file \
+             holds ({held})",
+            state.dim, needed
+        )));
+    }
     Ok((cfg, state, file))
+}
+
+/// Checks that `file` holds exactly the tensors of a run of `flow`: live weights and
+/// buffers, EMA weights and both Adam moments, each with the network's shape and dtype
+/// and with finite values. Errors name the tensor.
+fn check_tensors(flow: &DiffFlow, file: &TensorFile, path: &Path) -> Result<()> {
+    let mut expected: BTreeMap<String, &candle_core::Var> = BTreeMap::new();
+    for (net, prefix) in [
+        (flow.drift.as_ref(), "drift"),
+        (flow.score.as_ref(), "score"),
+    ] {
+        for (name, v) in net.vars().iter().chain(net.buffers()) {
+            expected.insert(format!("{prefix}.{name}"), v);
+        }
+        for (name, v) in net.vars() {
+            for kind in ["ema", "adam.m", "adam.v"] {
+                expected.insert(format!("{kind}.{prefix}.{name}"), v);
+            }
+        }
+    }
+    let bad = |msg: String| Error::checkpoint(path, msg);
+    if let Some(name) = file.tensors.keys().find(|k| !expected.contains_key(*k)) {
+        return Err(bad(format!(
+            "unexpected tensor '{name}' (not part of the configured model)"
+        )));
+    }
+    for (key, var) in &expected {
+        let t = file.get(key, path)?;
+        if t.dims() != var.dims() {
+            return Err(bad(format!(
+                "tensor '{key}' has shape {:?}, the configured network needs {:?}",
+                t.dims(),
+                var.dims()
+            )));
+        }
+        if t.dtype() != var.dtype() {
+            return Err(bad(format!(
+                "tensor '{key}' has dtype {:?}, the configured precision needs {:?}",
+                t.dtype(),
+                var.dtype()
+            )));
+        }
+        if !all_finite(t)? {
+            return Err(bad(format!("tensor '{key}' holds NaN or infinite values")));
+        }
+    }
+    Ok(())
 }
 
 /// A trained model loaded from a run folder, ready for sampling and evaluation.
@@ -472,6 +802,7 @@ pub fn load_run(dir: &Path, weights: Option<Weights>) -> Result<LoadedRun> {
     }
     let (cfg, state, file) = read_run(&path)?;
     let flow = build_flow(&cfg.model, state.dim, &mut Rng::new(0))?;
+    check_tensors(&flow, &file, &path)?;
     let weights = weights.unwrap_or(cfg.sample.weights);
     for (net, prefix) in [
         (flow.drift.as_ref(), "drift"),
@@ -569,13 +900,20 @@ impl MetricsWriter {
         })
     }
 
+    /// Appends one line with a single write (a killed process leaves at most one partial
+    /// line, which does not parse and is dropped on resume).
     fn write(&mut self, rec: &LogRecord) -> Result<()> {
-        let line = serde_json::to_string(rec).map_err(|e| Error::config(e.to_string()))?;
-        writeln!(self.file, "{line}").map_err(|e| Error::io(&self.path, e))
+        let mut line = serde_json::to_string(rec).map_err(|e| Error::config(e.to_string()))?;
+        line.push('\n');
+        self.file
+            .write_all(line.as_bytes())
+            .map_err(|e| Error::io(&self.path, e))
     }
 }
 
-#[derive(Default)]
+/// Sums of the iterations since the last metrics line.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct Accumulator {
     count: usize,
     loss: f64,
@@ -593,7 +931,7 @@ impl Accumulator {
         self.grad_norm += s.grad_norm;
     }
 
-    fn record(&mut self, last: &StepStats) -> LogRecord {
+    fn record(&mut self, last: &StepStats, restarts: usize) -> LogRecord {
         let c = self.count.max(1) as f64;
         let r = LogRecord {
             step: last.step,
@@ -603,6 +941,7 @@ impl Accumulator {
             grad_norm: self.grad_norm / c,
             n: last.n,
             lr: last.lr,
+            restarts,
         };
         *self = Accumulator::default();
         r

@@ -4,6 +4,7 @@
 //!   all rescaled like the authors' code so that `max |x| = 0.85`;
 //! - [`image2d`]: densities from the DiffFlow images (tree, Sierpinski carpets), embedded
 //!   in the library;
+//! - [`idx`]: MNIST's IDX files (gzipped or not), with hostile-header checks;
 //! - [`standardize`]: per-column `(x - mean) / std` with its log-Jacobian ([`Standardizer`]);
 //! - [`tabular`]: CSV/TSV/text and NumPy `.npy` files, optionally gzipped ([`tabular::load`]);
 //! - [`preprocess`]: drop constant columns, dequantise integer columns, seeded splits.
@@ -11,6 +12,7 @@
 //! Every random draw comes from the [`crate::rng::Rng`] passed in, so a data set is a
 //! deterministic function of its seed.
 
+pub mod idx;
 pub mod image2d;
 pub mod preprocess;
 pub mod standardize;
