@@ -1,5 +1,6 @@
 //! `diffflow`: train, sample and evaluate Diffusion Normalizing Flow models.
 
+mod bench;
 mod compare;
 mod eval;
 mod plot;
@@ -31,6 +32,8 @@ enum Command {
     Eval(eval::EvalArgs),
     /// DiffFlow against DDPM and a CNF on the 2-D sets (Figures 4-5, NLL and sample quality).
     Compare(compare::CompareArgs),
+    /// Measure training and sampling speed, GEMM throughput and peak memory.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -40,6 +43,7 @@ fn main() -> ExitCode {
         Command::Sample(args) => sample::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Compare(args) => compare::run(args),
+        Command::Bench(args) => bench::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
