@@ -1,5 +1,6 @@
 //! `diffflow`: train, sample and evaluate Diffusion Normalizing Flow models.
 
+mod bench;
 mod bench_tabular;
 mod compare;
 mod eval;
@@ -34,6 +35,8 @@ enum Command {
     BenchTabular(bench_tabular::BenchTabularArgs),
     /// DiffFlow against DDPM and a CNF on the 2-D sets (Figures 4-5, NLL and sample quality).
     Compare(compare::CompareArgs),
+    /// Measure training and sampling speed, GEMM throughput and peak memory.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -44,6 +47,7 @@ fn main() -> ExitCode {
         Command::Eval(args) => eval::run(args),
         Command::BenchTabular(args) => bench_tabular::run(args),
         Command::Compare(args) => compare::run(args),
+        Command::Bench(args) => bench::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -22,6 +22,10 @@ use crate::{Error, Result};
 use candle_core::{DType, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
+mod fused;
+pub(crate) use fused::tiles_of;
+pub use fused::{cached_nodes, tiles, TAPE_CACHE_BYTES, TILE_ROWS};
+
 /// How the gradient is computed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -172,10 +176,40 @@ pub fn adjoint_chunk(
 }
 
 /// Gradient of the batch-mean loss by the stochastic adjoint. The batch is split into
-/// `chunks` contiguous pieces of rows whose gradients are summed in order, so the result does
-/// not depend on `threads` (the number of pieces computed at once).
+/// `chunks` contiguous pieces of rows (for two [`crate::nn::Mlp`]s, each further cut into
+/// tiles of at most [`TILE_ROWS`] rows) whose gradients are summed in order, so the result
+/// does not depend on `threads` (the number of pieces computed at once).
 /// Shapes: `x0` [B, d], `noise` [N, B, d].
 pub fn adjoint_gradient(
+    flow: &DiffFlow,
+    x0: &Tensor,
+    steps: &Steps,
+    noise: &Tensor,
+    chunks: usize,
+    threads: usize,
+) -> Result<Gradient> {
+    check_noise(x0, steps, noise)?;
+    if x0.dim(0)? == 0 {
+        return Err(Error::data("empty batch"));
+    }
+    if let (Some(f), Some(s)) = (flow.drift.as_mlp(), flow.score.as_mlp()) {
+        match (f.dtype(), s.dtype()) {
+            (DType::F32, DType::F32) => {
+                return fused::gradient::<f32>(f, s, x0, steps, noise, chunks, threads)
+            }
+            (DType::F64, DType::F64) => {
+                return fused::gradient::<f64>(f, s, x0, steps, noise, chunks, threads)
+            }
+            _ => {}
+        }
+    }
+    engine_adjoint_gradient(flow, x0, steps, noise, chunks, threads)
+}
+
+/// [`adjoint_gradient`] for any nets, through [`TimeNet::engine`] and tensor operations
+/// ([`adjoint_chunk`] per chunk): the reference for the fused path.
+/// Shapes: `x0` [B, d], `noise` [N, B, d].
+pub fn engine_adjoint_gradient(
     flow: &DiffFlow,
     x0: &Tensor,
     steps: &Steps,
@@ -296,5 +330,30 @@ pub fn gradient(
     match method {
         GradMethod::Adjoint => adjoint_gradient(flow, x0, steps, noise, chunks, threads),
         GradMethod::Naive => naive_gradient(flow, x0, steps, noise),
+    }
+}
+
+/// Matrix-multiply FLOPs of one gradient of the batch-mean loss with two [`crate::nn::Mlp`]s
+/// of architecture `cfg` (see [`crate::nn::mlp_forward_flops`]), batch `batch`, N = `n`.
+/// Adjoint: `N` graph-free drift passes for the trajectory, then at each node `j = N … 0` one
+/// kept drift pass (except at the `cached` nodes whose forward-pass activations were kept,
+/// see [`cached_nodes`]) and a drift pullback, and for `j ≥ 1` one kept score pass and a
+/// score pullback. Naive backprop: `3N` forward passes (`f(x_i)`, `f(x_{i+1})`,
+/// `s(x_{i+1})`) and their `3N` pullbacks.
+pub fn matmul_flops(
+    method: GradMethod,
+    cfg: &crate::nn::MlpConfig,
+    d: usize,
+    batch: usize,
+    n: usize,
+    cached: usize,
+) -> u64 {
+    use crate::nn::{mlp_forward_flops, mlp_pullback_flops};
+    let fwd = mlp_forward_flops(cfg, d, batch);
+    let back = mlp_pullback_flops(cfg, d, batch, true);
+    let n = n as u64;
+    match method {
+        GradMethod::Adjoint => (3 * n + 1 - (cached as u64).min(n)) * fwd + (2 * n + 1) * back,
+        GradMethod::Naive => 3 * n * (fwd + back),
     }
 }

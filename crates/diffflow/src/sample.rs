@@ -7,6 +7,8 @@ use crate::rng::Rng;
 use crate::{Error, Result};
 use candle_core::{DType, Device, Tensor};
 
+mod fused;
+
 /// One Euler–Maruyama step of (16) from `x_{i+1}` to `x_i`:
 /// `x_i = x_{i+1} − [f − ((1+λ²)/2) g_{i+1}² s] Δt_i + λ g_{i+1} √Δt_i η_i`.
 /// Shapes: all [B, d]; `eta` is ignored when λ = 0.
@@ -38,10 +40,35 @@ pub fn reverse_trajectory(
     lambda: f64,
     noise: Option<&Tensor>,
 ) -> Result<Vec<Tensor>> {
+    reverse_trajectory_threads(flow, z, steps, lambda, noise, 1)
+}
+
+/// [`reverse_trajectory`] with `threads` workers (two MLPs: the fused engine over row tiles,
+/// the result does not depend on `threads`; other nets: one thread through
+/// [`crate::nn::TimeNet::engine`]).
+pub fn reverse_trajectory_threads(
+    flow: &DiffFlow,
+    z: &Tensor,
+    steps: &Steps,
+    lambda: f64,
+    noise: Option<&Tensor>,
+    threads: usize,
+) -> Result<Vec<Tensor>> {
     if !(0.0..=1.0).contains(&lambda) {
         return Err(Error::config(format!(
             "lambda must be in [0, 1], got {lambda}"
         )));
+    }
+    if let (Some(f), Some(s)) = (flow.drift.as_mlp(), flow.score.as_mlp()) {
+        match (f.dtype(), s.dtype()) {
+            (DType::F32, DType::F32) => {
+                return fused::reverse::<f32>(f, s, z, steps, lambda, noise, threads)
+            }
+            (DType::F64, DType::F64) => {
+                return fused::reverse::<f64>(f, s, z, steps, lambda, noise, threads)
+            }
+            _ => {}
+        }
     }
     let n = steps.n();
     let mut fe = flow.drift.engine()?;
@@ -70,6 +97,20 @@ pub fn sample(
     chunk: usize,
     rng: &mut Rng,
 ) -> Result<Tensor> {
+    sample_threads(flow, n, steps, lambda, chunk, rng, 1)
+}
+
+/// [`sample`] with `threads` workers (see [`reverse_trajectory_threads`]); the samples do not
+/// depend on `threads`.
+pub fn sample_threads(
+    flow: &DiffFlow,
+    n: usize,
+    steps: &Steps,
+    lambda: f64,
+    chunk: usize,
+    rng: &mut Rng,
+    threads: usize,
+) -> Result<Tensor> {
     let d = flow.dim();
     let dtype = flow.dtype();
     let mut out = Vec::new();
@@ -88,7 +129,7 @@ pub fn sample(
         } else {
             None
         };
-        let states = reverse_trajectory(flow, &z, steps, lambda, noise.as_ref())?;
+        let states = reverse_trajectory_threads(flow, &z, steps, lambda, noise.as_ref(), threads)?;
         out.push(states[0].to_dtype(DType::F64)?);
         done += b;
     }

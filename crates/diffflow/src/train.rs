@@ -370,10 +370,18 @@ impl Trainer {
         let n = t.steps.at(self.step);
         let steps = self.next_steps(n);
         let x0 = self.data.draw_batch(b, &mut self.rng);
-        let noise = self.rng.normals(n * b * d);
         let dtype = self.flow.dtype();
         let x0 = Tensor::from_vec(x0, (b, d), &Device::Cpu)?.to_dtype(dtype)?;
-        let noise = Tensor::from_vec(noise, (n, b, d), &Device::Cpu)?.to_dtype(dtype)?;
+        // Drawn straight into the model's precision (the same values as converting the f64
+        // draws): no [N, B, d] f64 copy.
+        let noise = match dtype {
+            DType::F32 => {
+                let v: Vec<f32> = (0..n * b * d).map(|_| self.rng.normal() as f32).collect();
+                Tensor::from_vec(v, (n, b, d), &Device::Cpu)?
+            }
+            _ => Tensor::from_vec(self.rng.normals(n * b * d), (n, b, d), &Device::Cpu)?
+                .to_dtype(dtype)?,
+        };
         let mut g = gradient(&self.flow, &x0, &steps, &noise, t.grad, t.chunks, t.threads)?;
         let step = self.step + 1;
         let non_finite = |what: String| Error::NonFinite { step, what };

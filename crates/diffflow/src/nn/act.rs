@@ -123,7 +123,7 @@ impl Activation {
 }
 
 /// Element types of the CPU kernels (f32 and f64).
-pub trait Real: candle_core::WithDType {
+pub trait Real: candle_core::WithDType + std::ops::Neg<Output = Self> {
     /// `a ← act(a + bias)` row by row, and `deriv ← act'(a + bias)` when given.
     /// Shapes: `a` [rows, bias.len()], `deriv` like `a`.
     fn bias_act(act: Activation, a: &mut [Self], bias: &[Self], deriv: Option<&mut [Self]>);
@@ -179,34 +179,36 @@ pub mod fast {
     const LN2_LO: f32 = 1.428_606_8e-6;
 
     /// `exp(x)` for f32, relative error below 2e-7, branch-free (inputs clamped to
-    /// [−87, 88]).
+    /// [−87, 88]). Explicit fused multiply-adds (`mul_add`, exactly rounded on every
+    /// instruction set, so every dispatch path gives the same bits).
     #[inline(always)]
     pub fn exp(x: f32) -> f32 {
         let x = x.clamp(-87.0, 88.0);
-        let k = x * LOG2E + MAGIC;
+        let k = x.mul_add(LOG2E, MAGIC);
         let n = k - MAGIC;
-        let r = x - n * LN2_HI - n * LN2_LO;
+        let r = n.mul_add(-LN2_LO, n.mul_add(-LN2_HI, x));
         // Taylor polynomial of degree 7 on |r| ≤ ln2/2.
-        let p = 1.0 / 5040.0;
-        let p = p * r + 1.0 / 720.0;
-        let p = p * r + 1.0 / 120.0;
-        let p = p * r + 1.0 / 24.0;
-        let p = p * r + 1.0 / 6.0;
-        let p = p * r + 0.5;
-        let p = p * r + 1.0;
-        let p = p * r + 1.0;
+        let p = (1.0f32 / 5040.0).mul_add(r, 1.0 / 720.0);
+        let p = p.mul_add(r, 1.0 / 120.0);
+        let p = p.mul_add(r, 1.0 / 24.0);
+        let p = p.mul_add(r, 1.0 / 6.0);
+        let p = p.mul_add(r, 0.5);
+        let p = p.mul_add(r, 1.0);
+        let p = p.mul_add(r, 1.0);
         let ni = (k.to_bits() as i32).wrapping_sub(MAGIC.to_bits() as i32);
         let scale = f32::from_bits(((ni + 127) << 23) as u32);
         p * scale
     }
 
+    /// Abramowitz & Stegun 7.1.26 for `erfc(z)/2 = Φ(−z√2)`: `t·Σ a_k t^k · exp(−z²)` with
+    /// `t = 1/(1 + p z)`; the coefficients are halved here.
     const AS_P: f32 = 0.327_591_1;
-    const AS_A: [f32; 5] = [
-        0.254_829_6,
-        -0.284_496_74,
-        1.421_413_7,
-        -1.453_152,
-        1.061_405_4,
+    const AS_HALF: [f32; 5] = [
+        0.5 * 0.254_829_6,
+        0.5 * -0.284_496_74,
+        0.5 * 1.421_413_7,
+        0.5 * -1.453_152,
+        0.5 * 1.061_405_4,
     ];
     const FRAC_1_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
     const FRAC_1_SQRT_2PI: f32 = 0.398_942_3;
@@ -214,20 +216,21 @@ pub mod fast {
     /// GELU value and derivative.
     #[inline(always)]
     pub fn gelu(a: f32) -> (f32, f32) {
-        let e = exp(-0.5 * a * a); // exp(−z²) with z = a/√2
-        let z = a.abs() * FRAC_1_SQRT_2;
-        let t = 1.0 / (1.0 + AS_P * z);
-        let poly = t * (AS_A[0] + t * (AS_A[1] + t * (AS_A[2] + t * (AS_A[3] + t * AS_A[4]))));
-        let tail = 0.5 * poly * e; // Φ(−|a|)
+        let e = exp(-0.5 * a * a); // exp(−z²) with z = |a|/√2
+        let t = 1.0 / a.abs().mul_add(AS_P * FRAC_1_SQRT_2, 1.0);
+        let h = &AS_HALF;
+        let poly = h[4].mul_add(t, h[3]).mul_add(t, h[2]);
+        let poly = poly.mul_add(t, h[1]).mul_add(t, h[0]);
+        let tail = (t * poly) * e; // Φ(−|a|)
         let cdf = if a >= 0.0 { 1.0 - tail } else { tail };
-        (a * cdf, cdf + a * (FRAC_1_SQRT_2PI * e))
+        (a * cdf, a.mul_add(FRAC_1_SQRT_2PI * e, cdf))
     }
 
     /// SiLU value and derivative.
     #[inline(always)]
     pub fn silu(a: f32) -> (f32, f32) {
         let s = 1.0 / (1.0 + exp(-a));
-        (a * s, s * (1.0 + a * (1.0 - s)))
+        (a * s, s * a.mul_add(1.0 - s, 1.0))
     }
 
     #[inline(always)]
@@ -284,25 +287,77 @@ pub mod fast {
         body::<ACT>(a, bias, deriv)
     }
 
-    fn dispatch<const ACT: u8>(a: &mut [f32], bias: &[f32], deriv: Option<&mut [f32]>) {
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: the CPU supports the features enabled on `body_avx2`. Without fast-math
-            // flags LLVM does not contract mul+add into FMA, so results equal the plain path.
-            unsafe { body_avx2::<ACT>(a, bias, deriv) };
-            return;
-        }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
+    unsafe fn body_avx512<const ACT: u8>(a: &mut [f32], bias: &[f32], deriv: Option<&mut [f32]>) {
         body::<ACT>(a, bias, deriv)
+    }
+
+    /// Instruction sets of the kernels, best first.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub(crate) enum Isa {
+        Avx512,
+        Avx2,
+        Plain,
+    }
+
+    pub(crate) fn best_isa() -> Isa {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            if has!("avx512f") && has!("avx512bw") && has!("avx512dq") && has!("avx512vl") {
+                return Isa::Avx512;
+            }
+            if has!("avx2") && has!("fma") {
+                return Isa::Avx2;
+            }
+        }
+        Isa::Plain
+    }
+
+    /// The same scalar code compiled for each instruction set. Without fast-math flags LLVM
+    /// neither contracts mul+add into FMA nor reassociates, and the explicit `mul_add`s are
+    /// exactly rounded everywhere (hardware FMA, or libm's `fmaf` on the plain path), so every
+    /// path gives the same bits.
+    pub(super) fn dispatch<const ACT: u8>(
+        isa: Isa,
+        a: &mut [f32],
+        bias: &[f32],
+        deriv: Option<&mut [f32]>,
+    ) {
+        match isa {
+            // SAFETY: `best_isa` found the features enabled on these functions.
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => unsafe { body_avx512::<ACT>(a, bias, deriv) },
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => unsafe { body_avx2::<ACT>(a, bias, deriv) },
+            _ => body::<ACT>(a, bias, deriv),
+        }
+    }
+
+    /// The best instruction set of this CPU (detected once).
+    pub(crate) fn isa() -> Isa {
+        static ISA: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
+        *ISA.get_or_init(best_isa)
     }
 
     /// `a ← act(a + bias)` per row (and the derivative), f32.
     pub fn bias_act_f32(act: Activation, a: &mut [f32], bias: &[f32], deriv: Option<&mut [f32]>) {
+        bias_act_f32_isa(isa(), act, a, bias, deriv)
+    }
+
+    pub(super) fn bias_act_f32_isa(
+        isa: Isa,
+        act: Activation,
+        a: &mut [f32],
+        bias: &[f32],
+        deriv: Option<&mut [f32]>,
+    ) {
         match act {
-            Activation::Gelu => dispatch::<0>(a, bias, deriv),
-            Activation::Silu => dispatch::<1>(a, bias, deriv),
-            Activation::Tanh => dispatch::<2>(a, bias, deriv),
-            Activation::Relu => dispatch::<3>(a, bias, deriv),
+            Activation::Gelu => dispatch::<0>(isa, a, bias, deriv),
+            Activation::Silu => dispatch::<1>(isa, a, bias, deriv),
+            Activation::Tanh => dispatch::<2>(isa, a, bias, deriv),
+            Activation::Relu => dispatch::<3>(isa, a, bias, deriv),
         }
     }
 }
@@ -358,6 +413,71 @@ mod tests {
                     d[i]
                 );
                 assert_eq!(v[i], v2[i]);
+            }
+        }
+    }
+
+    /// Every instruction-set path of the f32 kernels gives the same bits.
+    #[test]
+    fn all_isa_paths_agree_bitwise() {
+        use fast::Isa;
+        let best = fast::best_isa();
+        let isas: Vec<Isa> = [Isa::Avx512, Isa::Avx2, Isa::Plain]
+            .into_iter()
+            .filter(|i| {
+                matches!(
+                    (best, i),
+                    (_, Isa::Plain) | (Isa::Avx512, _) | (Isa::Avx2, Isa::Avx2)
+                )
+            })
+            .collect();
+        let n = 3 * 4099;
+        let a: Vec<f32> = (0..n)
+            .map(|i| -9.0 + 18.0 * ((i * 7919) % n) as f32 / n as f32)
+            .collect();
+        let bias: Vec<f32> = (0..3).map(|i| 0.1 * i as f32 - 0.05).collect();
+        for act in [
+            Activation::Gelu,
+            Activation::Silu,
+            Activation::Tanh,
+            Activation::Relu,
+        ] {
+            let run = |isa: Isa| {
+                let (mut v, mut d) = (a.clone(), vec![0.0f32; n]);
+                fast::bias_act_f32_isa(isa, act, &mut v, &bias, Some(&mut d));
+                let mut v2 = a.clone();
+                fast::bias_act_f32_isa(isa, act, &mut v2, &bias, None);
+                let bits = |x: &[f32]| x.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                (bits(&v), bits(&d), bits(&v2))
+            };
+            let want = run(Isa::Plain);
+            for &isa in &isas {
+                assert!(run(isa) == want, "{act:?} on {isa:?}");
+            }
+        }
+    }
+
+    /// Timing of the GELU paths (run with `--ignored --nocapture`).
+    #[test]
+    #[ignore]
+    fn time_gelu_paths() {
+        use fast::Isa;
+        let n = 128 * 128;
+        let a: Vec<f32> = (0..n)
+            .map(|i| -4.0 + 8.0 * (i % 1000) as f32 / 1000.0)
+            .collect();
+        let bias = vec![0.01f32; 128];
+        let mut d = vec![0.0f32; n];
+        for round in 0..3 {
+            for isa in [Isa::Avx512, Isa::Avx2, Isa::Plain] {
+                let mut v = a.clone();
+                let t0 = std::time::Instant::now();
+                for _ in 0..2000 {
+                    v.copy_from_slice(&a);
+                    fast::bias_act_f32_isa(isa, Activation::Gelu, &mut v, &bias, Some(&mut d));
+                }
+                let ns = t0.elapsed().as_secs_f64() * 1e9 / (2000.0 * n as f64);
+                println!("round {round} {isa:?}: {ns:.3} ns/element");
             }
         }
     }

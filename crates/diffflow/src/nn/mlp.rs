@@ -262,6 +262,10 @@ impl TimeNet for Mlp {
         self.linear(&h, idx::out_w(self.cfg.depth))
     }
 
+    fn as_mlp(&self) -> Option<&Mlp> {
+        Some(self)
+    }
+
     fn engine(&self) -> Result<Box<dyn Engine + '_>> {
         Ok(match self.dtype {
             DType::F32 => Box::new(MlpEngine::<f32>::new(self)?),

@@ -9,11 +9,15 @@
 //! [`AutogradEngine`], built on `forward`.
 
 mod act;
+mod flops;
 mod kernel;
 mod mlp;
 
 pub use act::{fast, Activation, Real};
-pub use kernel::MlpEngine;
+pub use flops::{gemm_gflops, mlp_forward_flops, mlp_pullback_flops};
+#[cfg(test)]
+pub(crate) use kernel::FLOPS;
+pub use kernel::{MlpEngine, Scratch, Tape, TimeFeatures};
 pub use mlp::{Mlp, MlpConfig};
 
 use crate::Result;
@@ -40,6 +44,12 @@ pub trait TimeNet: Send + Sync {
     /// current weights (create a new one after the weights change).
     fn engine(&self) -> Result<Box<dyn Engine + '_>> {
         Ok(Box::new(AutogradEngine::new(self)))
+    }
+
+    /// The net as an [`Mlp`], when it is one: the adjoint and the sampler then run on the
+    /// slice-level [`MlpEngine`] instead of [`TimeNet::engine`].
+    fn as_mlp(&self) -> Option<&Mlp> {
+        None
     }
 
     /// Number of trainable scalars.
