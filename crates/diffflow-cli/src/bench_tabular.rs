@@ -47,6 +47,9 @@ pub struct BenchTabularArgs {
     /// Test points evaluated (default: all).
     #[arg(long)]
     test_points: Option<usize>,
+    /// Validation points used for model selection (default: all).
+    #[arg(long)]
+    val_points: Option<usize>,
     /// Seed of the splits, noise and weights.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -131,6 +134,15 @@ struct Row {
 }
 
 impl Row {
+    /// Takes the test evaluation's figures.
+    fn record_test(&mut self, r: &crate::eval::Report) {
+        self.eval_seconds = r.seconds;
+        self.test_nll = Some(r.nll);
+        self.test_nll_stderr = Some(r.nll_stderr);
+        self.test_points = r.n;
+        self.nfe = Some(r.nfe);
+    }
+
     fn new(set: &str, model: &str) -> Self {
         Row {
             set: set.into(),
@@ -264,6 +276,12 @@ pub fn run(args: BenchTabularArgs) -> Result<()> {
             .unwrap_or(usize::MAX)
             .min(data.test.len() / d);
         let test = &data.test[..n_test * d];
+        let n_val = args
+            .val_points
+            .unwrap_or(usize::MAX)
+            .min(data.val.len() / d);
+        let val = &data.val[..n_val * d];
+        cfg.train.validation.points = n_val;
         let wants = |m: &str| args.models.split(',').any(|x| x.trim() == m);
         if wants("gaussian") {
             results.rows.push(gaussian_row(set.name, &data, test)?);
@@ -283,7 +301,7 @@ pub fn run(args: BenchTabularArgs) -> Result<()> {
                 bail!("the baselines need --baseline-cpu-seconds when diffflow is not run");
             };
             let bcfg = baseline_config(which, &cfg, d);
-            let row = match baseline_row(set.name, which, bcfg, &data, test, budget) {
+            let row = match baseline_row(set.name, which, bcfg, &data, val, test, budget) {
                 Ok(r) => r,
                 Err(e) => {
                     eprintln!("   {}: {e:#}", which.name());
@@ -394,11 +412,7 @@ fn diffflow_row(
         progress: true,
     };
     let r = crate::eval::evaluate(&best.flow, &best.standardizer, test, &settings)?;
-    row.eval_seconds = r.seconds;
-    row.test_nll = Some(r.nll);
-    row.test_nll_stderr = Some(r.nll_stderr);
-    row.test_points = r.n;
-    row.nfe = Some(r.nfe);
+    row.record_test(&r);
     eprintln!(
         "   DiffFlow: trained in {:.0} s; best checkpoint of iteration {}: test NLL {:.3} ± \
          {:.3} nats ({} points, NFE {:.0}, {:.0} s)",
@@ -491,13 +505,14 @@ const BASELINE_VALIDATIONS: usize = 5;
 
 /// Trains a baseline for `budget` CPU seconds (its validations not counted), the learning
 /// rate decayed ×0.9 ten times over the budget, validating the probability-flow NLL of the
-/// EMA weights on the validation points at every fifth of the budget; the best is
+/// EMA weights on the validation points `val` at every fifth of the budget; the best is
 /// evaluated on the test points.
 fn baseline_row(
     set: &str,
     which: Baseline,
     cfg: RunConfig,
     data: &TrainData,
+    val: &[f64],
     test: &[f64],
     budget: f64,
 ) -> Result<Row> {
@@ -536,7 +551,7 @@ fn baseline_row(
     };
     let validate = |flow: &DiffFlow| -> Result<f64> {
         let mut rng = Rng::stream(cfg.train.seed, Stream::Eval);
-        let nll = pf_ode_nll(flow, &data.val, &t, &opts, &mut rng, &|_| {})?;
+        let nll = pf_ode_nll(flow, val, &t, &opts, &mut rng, &|_| {})?;
         Ok(summarize(&nll.nll).mean)
     };
     let (mut cpu, mut wall, mut iters, mut done_vals) = (0.0, 0.0, 0usize, 0usize);
@@ -590,11 +605,7 @@ fn baseline_row(
         progress: true,
     };
     let r = crate::eval::evaluate(&flow, &data.standardizer, test, &settings)?;
-    row.eval_seconds = r.seconds;
-    row.test_nll = Some(r.nll);
-    row.test_nll_stderr = Some(r.nll_stderr);
-    row.test_points = r.n;
-    row.nfe = Some(r.nfe);
+    row.record_test(&r);
     eprintln!(
         "   {}: {iters} iterations in {wall:.0} s ({cpu:.0} CPU s); best of iteration \
          {best_iter}: test NLL {:.3} ± {:.3} nats (NFE {:.0}, {:.0} s)",

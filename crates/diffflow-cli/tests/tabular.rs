@@ -348,6 +348,8 @@ fn bench_tabular_writes_the_table() {
             "2",
             "--test-points",
             "4",
+            "--val-points",
+            "4",
             "--threads",
             "1",
             "--out",
