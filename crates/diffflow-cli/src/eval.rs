@@ -4,7 +4,8 @@
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use diffflow::config::{RunConfig, Weights};
-use diffflow::data::tabular::{self, LoadOptions};
+use diffflow::data::source::{ColumnMap, Dequantize};
+use diffflow::data::tabular::{self, LoadOptions, Table};
 use diffflow::data::{toy_2d, Standardizer};
 use diffflow::flow::{DiffFlow, Steps};
 use diffflow::likelihood::{
@@ -13,7 +14,7 @@ use diffflow::likelihood::{
 use diffflow::ode::{Method, Tolerances};
 use diffflow::rng::{Rng, Stream};
 use diffflow::sde::fixed_grid;
-use diffflow::train::{load_run, TrainData};
+use diffflow::train::{load_run_file, LoadedRun, TrainData, BEST_FILE, MODEL_FILE};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 use std::io::IsTerminal;
@@ -25,10 +26,24 @@ pub struct EvalArgs {
     /// Run folder written by `diffflow train`.
     #[arg(long)]
     run: PathBuf,
+    /// Which checkpoint: best (best.safetensors, the best validation value; the default when
+    /// the run has one) or last (model.safetensors).
+    #[arg(long, value_name = "best|last")]
+    checkpoint: Option<String>,
     /// Points to evaluate, in data units: a .csv/.tsv/.txt or .npy file (optionally .gz), one
-    /// point per row. Default: the run's held-out points.
-    #[arg(long, conflicts_with = "dataset")]
+    /// point per row. For a run trained on a data file: the same columns as that file (its
+    /// column selection and the dropping of constant columns are applied), or only the
+    /// modelled columns (e.g. a file written by `diffflow sample`). Default: the run's
+    /// held-out points (see --split).
+    #[arg(long, conflicts_with_all = ["dataset", "split"])]
     data: Option<PathBuf>,
+    /// The run's held-out points to evaluate: test or val (runs on a data file).
+    #[arg(long, value_name = "test|val")]
+    split: Option<String>,
+    /// Dequantise the run's dequantised columns of a --data file with U[0, 1) noise (seeded by
+    /// --seed): auto (when all their values are whole numbers), on, off.
+    #[arg(long, value_name = "auto|on|off", default_value = "auto")]
+    dequantize: String,
     /// Fresh points of a built-in 2-D data set instead (drawn with --seed).
     #[arg(long)]
     dataset: Option<String>,
@@ -136,6 +151,13 @@ pub struct Report {
     pub weights: Option<Weights>,
     pub step: Option<usize>,
     pub data: String,
+    /// The checkpoint file evaluated.
+    pub checkpoint: String,
+    /// `log |det|` of the standardisation: `nll = nll_standardised − log_abs_det`.
+    pub log_abs_det: f64,
+    /// What the numbers mean beyond the obvious (dequantisation, dropped columns).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
     /// Per-point NLL and negative ELBO, data units (for --per-sample).
     #[serde(skip)]
     pub per_sample: Vec<[f64; 2]>,
@@ -207,6 +229,9 @@ pub fn evaluate(flow: &DiffFlow, std: &Standardizer, x: &[f64], s: &Settings) ->
         weights: None,
         step: None,
         data: String::new(),
+        checkpoint: String::new(),
+        log_abs_det: -shift,
+        notes: Vec::new(),
         per_sample: nll.nll.iter().map(|v| [v + shift, f64::NAN]).collect(),
     };
     if let Some((steps, opts)) = &s.elbo {
@@ -247,33 +272,156 @@ pub fn default_threads() -> usize {
         .unwrap_or(1)
 }
 
-/// Points from a file in data units, checked against the model's dimension.
-fn load_points(path: &Path, dim: usize, n: Option<usize>) -> Result<Vec<f64>> {
-    let table = tabular::load(path, &LoadOptions::default())
-        .with_context(|| format!("cannot read --data {}", path.display()))?;
+/// Loads the run in `dir`: its best checkpoint (`Some("best")`, or by default when there is
+/// one) or its last (`Some("last")`).
+pub fn load_model(dir: &Path, which: Option<&str>, weights: Option<Weights>) -> Result<LoadedRun> {
+    let file = match which {
+        Some("best") => {
+            if !dir.join(BEST_FILE).exists() {
+                bail!(
+                    "{} has no {BEST_FILE} (it is written when training validates: \
+                     --validate-every)",
+                    dir.display()
+                );
+            }
+            BEST_FILE
+        }
+        Some("last") => MODEL_FILE,
+        Some(other) => bail!("unknown --checkpoint '{other}' (expected best or last)"),
+        None if dir.join(BEST_FILE).exists() => BEST_FILE,
+        None => MODEL_FILE,
+    };
+    Ok(load_run_file(dir, file, weights)?)
+}
+
+/// What the NLL of a run on a data file means, for people.
+pub fn column_notes(map: &ColumnMap) -> Vec<String> {
+    let mut notes = Vec::new();
+    if !map.dequantized.is_empty() {
+        notes.push(format!(
+            "density of the DEQUANTISED data x + u, u ~ U[0, 1) on {} integer-valued column(s): \
+             E_u[-log p(x + u)] >= -log P(x), so nll estimates an upper bound on the NLL of the \
+             discrete values",
+            map.dequantized.len()
+        ));
+    }
+    if !map.constants.is_empty() {
+        notes.push(format!(
+            "density of the {} modelled columns; {} column(s) constant in training were dropped",
+            map.dim(),
+            map.constants.len()
+        ));
+    }
+    notes
+}
+
+/// Points from a file in data units, in the model's coordinates: a run on a data file reads
+/// it like its training file (column selection, then its [`ColumnMap`]) and dequantises per
+/// `deq`; other runs take the file's columns as they are.
+fn load_points(
+    path: &Path,
+    run: &LoadedRun,
+    n: Option<usize>,
+    deq: Dequantize,
+    seed: u64,
+    notes: &mut Vec<String>,
+) -> Result<Vec<f64>> {
+    let dim = run.flow.dim();
+    let ctx = || format!("cannot read --data {}", path.display());
+    let (table, map) = match (&run.columns, &run.cfg.data.file) {
+        (Some(map), Some(src)) => {
+            let opts = src.load_options()?;
+            let fits = |t: &Table| t.cols == map.width || t.cols == dim;
+            let table = match tabular::load(path, &opts) {
+                Ok(t) if fits(&t) => t,
+                first => {
+                    // Perhaps a file of the selected or modelled columns only.
+                    let plain = LoadOptions {
+                        delimiter: opts.delimiter,
+                        ..LoadOptions::default()
+                    };
+                    match tabular::load(path, &plain) {
+                        Ok(t) if fits(&t) => t,
+                        // Readable, of another width: the column map's error says which fit.
+                        Ok(t) if first.is_err() => t,
+                        _ => first.with_context(ctx)?,
+                    }
+                }
+            };
+            (table, Some(map))
+        }
+        _ => (
+            tabular::load(path, &LoadOptions::default()).with_context(ctx)?,
+            None,
+        ),
+    };
     if table.rows == 0 {
         bail!("--data {}: no rows", path.display());
-    }
-    if table.cols != dim {
-        bail!(
-            "--data {}: {} columns, but the model has dimension {dim}",
-            path.display(),
-            table.cols
-        );
     }
     if let Some(i) = table.data.iter().position(|v| !v.is_finite()) {
         bail!(
             "--data {}: non-finite value {} at row {}, column {}",
             path.display(),
             table.data[i],
-            i / dim + 1,
-            i % dim + 1
+            i / table.cols + 1,
+            i % table.cols + 1
         );
     }
     let rows = n.unwrap_or(table.rows).min(table.rows);
-    let mut data = table.data;
-    data.truncate(rows * dim);
-    Ok(data)
+    let table = table.take_rows(&(0..rows).collect::<Vec<_>>());
+    let Some(map) = map else {
+        if table.cols != dim {
+            bail!(
+                "--data {}: {} columns, but the model has dimension {dim}",
+                path.display(),
+                table.cols
+            );
+        }
+        return Ok(table.data);
+    };
+    let (mut x, off) = map
+        .reduce(&table)
+        .with_context(|| format!("--data {}", path.display()))?;
+    if off > 0 {
+        notes.push(format!(
+            "{off} of {rows} points differ from the training constant in a dropped column: \
+             they have density 0 in the full space (their NLL is that of the modelled columns)"
+        ));
+    }
+    let cols = &map.dequantized;
+    if !cols.is_empty() {
+        let integer = x
+            .chunks_exact(dim)
+            .all(|r| cols.iter().all(|&k| r[k].fract() == 0.0));
+        let add = match deq {
+            Dequantize::On => true,
+            Dequantize::Off => false,
+            Dequantize::Auto => integer,
+        };
+        if add {
+            let mut rng = Rng::stream(seed, Stream::Data);
+            for r in x.chunks_exact_mut(dim) {
+                for &k in cols {
+                    r[k] += rng.uniform();
+                }
+            }
+            notes.push(format!(
+                "added U[0, 1) noise to the {} dequantised column(s) of --data (seed {seed})",
+                cols.len()
+            ));
+        } else {
+            notes.push(format!(
+                "--data used as it is in the {} dequantised column(s){}",
+                cols.len(),
+                if integer {
+                    " (integers: --dequantize off; the density there is that of cell corners)"
+                } else {
+                    " (not whole numbers: taken as already dequantised)"
+                }
+            ));
+        }
+    }
+    Ok(x)
 }
 
 pub fn run(args: EvalArgs) -> Result<()> {
@@ -282,12 +430,20 @@ pub fn run(args: EvalArgs) -> Result<()> {
         .as_deref()
         .map(str::parse::<Weights>)
         .transpose()?;
-    let run = load_run(&args.run, weights)?;
+    let run = load_model(&args.run, args.checkpoint.as_deref(), weights)?;
     let cfg = &run.cfg;
     let d = run.flow.dim();
     let seed = args.seed.unwrap_or(cfg.train.seed);
+    let deq = args.dequantize.parse::<Dequantize>()?;
+    let mut notes = run.columns.as_ref().map(column_notes).unwrap_or_default();
+    if args.split.is_some() && cfg.data.file.is_none() {
+        bail!("--split needs a run trained on a data file (built-in sets have test points only)");
+    }
     let (mut x, what) = match (&args.data, &args.dataset) {
-        (Some(path), _) => (load_points(path, d, args.n)?, path.display().to_string()),
+        (Some(path), _) => (
+            load_points(path, &run, args.n, deq, seed, &mut notes)?,
+            path.display().to_string(),
+        ),
         (None, Some(name)) => {
             if d != 2 {
                 bail!("--dataset gives 2-D points, but the model has dimension {d}");
@@ -303,20 +459,27 @@ pub fn run(args: EvalArgs) -> Result<()> {
             (pts, format!("{name} ({n} fresh points, seed {seed})"))
         }
         (None, None) => {
-            let data = TrainData::toy(&cfg.data, cfg.train.seed)
-                .context("cannot rebuild the run's held-out points")?;
-            let mut test = data.test;
+            let data =
+                TrainData::from_config(cfg).context("cannot rebuild the run's held-out points")?;
+            let split = args.split.as_deref().unwrap_or("test");
+            let mut test = match split {
+                "test" => data.test,
+                "val" => data.val,
+                s => bail!("unknown --split '{s}' (expected test or val)"),
+            };
             if test.is_empty() {
-                bail!("the run has no held-out points (test_size = 0): give --data or --dataset");
+                bail!("the run has no {split} points: give --data or --dataset");
             }
             // Held-out points are standardised already: back to data units.
             data.standardizer.invert(&mut test);
             let n = args.n.unwrap_or(5000).min(test.len() / d);
             test.truncate(n * d);
-            (
-                test,
-                format!("{} held-out points of {}", n, cfg.data.dataset),
-            )
+            let name = match (cfg.data.file.is_some(), split) {
+                (false, _) => "held-out points",
+                (true, "val") => "validation split",
+                (true, _) => "test split",
+            };
+            (test, format!("{} {name} of {}", n, cfg.data.dataset))
         }
     };
     run.standardizer.apply(&mut x);
@@ -374,6 +537,12 @@ pub fn run(args: EvalArgs) -> Result<()> {
     report.weights = Some(weights.unwrap_or(cfg.sample.weights));
     report.step = Some(run.step);
     report.data = what;
+    report.checkpoint = run
+        .path
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    report.notes = notes;
     if let Some(path) = &args.per_sample {
         write_per_sample(path, &report)
             .with_context(|| format!("cannot write {}", path.display()))?;
@@ -433,10 +602,11 @@ fn format_report(r: &Report) -> String {
     let mut o = String::new();
     let _ = writeln!(
         o,
-        "{} (d = {}), model at step {}, {} weights",
+        "{} (d = {}), model at step {} ({}), {} weights",
         r.data,
         r.dim,
         r.step.unwrap_or(0),
+        r.checkpoint,
         r.weights.map_or("?", |w| match w {
             Weights::Ema => "ema",
             Weights::Live => "live",
@@ -444,8 +614,15 @@ fn format_report(r: &Report) -> String {
     );
     let _ = writeln!(
         o,
-        "NLL (probability flow)  {:.4} ± {:.4} nats  ({:.4} bits/dim; {:.4} nats standardised)",
-        r.nll, r.nll_stderr, r.bits_per_dim, r.nll_standardised
+        "nll               {:.4} ± {:.4} nats  NLL (probability flow) in the ORIGINAL data \
+         units ({:.4} bits/dim)",
+        r.nll, r.nll_stderr, r.bits_per_dim
+    );
+    let _ = writeln!(
+        o,
+        "nll_standardised  {:.4} ± {:.4} nats  the same in the model's standardised units \
+         (nll = nll_standardised - log|det| of the standardisation, log|det| = {:.4})",
+        r.nll_standardised, r.nll_stderr, r.log_abs_det
     );
     if let (Some(e), Some(se), Some(es), Some(bpd)) = (
         r.elbo,
@@ -455,13 +632,13 @@ fn format_report(r: &Report) -> String {
     ) {
         let _ = writeln!(
             o,
-            "negative ELBO (13)      {e:.4} ± {se:.4} nats  ({bpd:.4} bits/dim; {es:.4} nats \
-             standardised; N = {}, {} trajectories per point)",
+            "elbo              {e:.4} ± {se:.4} nats  negative ELBO (13), original units \
+             ({bpd:.4} bits/dim; {es:.4} standardised; N = {}, {} trajectories per point)",
             r.elbo_steps.unwrap_or(0),
             r.elbo_trajectories.unwrap_or(0)
         );
         if let (Some(g), Some(gs)) = (r.elbo_gap, r.elbo_gap_stderr) {
-            let _ = writeln!(o, "ELBO − NLL              {g:.4} ± {gs:.4} nats");
+            let _ = writeln!(o, "elbo - nll        {g:.4} ± {gs:.4} nats");
         }
     }
     let control = match (r.rtol, r.atol, r.ode_steps) {
@@ -479,5 +656,103 @@ fn format_report(r: &Report) -> String {
         "time {:.2} s (NLL {:.2} s, ELBO {:.2} s)",
         r.seconds, r.seconds_nll, r.seconds_elbo
     );
+    for n in &r.notes {
+        let _ = writeln!(o, "note: {n}");
+    }
     o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use diffflow::analytic::GaussianFlow;
+    use diffflow::gaussian::Gaussian;
+
+    /// The NLL in original units includes the standardisation's log-Jacobian: a closed-form
+    /// Gaussian DiffFlow (standardised units) evaluated through `evaluate` on points in
+    /// original units, with a standardisation far from the identity, gives the closed-form
+    /// NLL of the Gaussian it implies in original units, `N(m + S mu, S Sigma S)`.
+    #[test]
+    fn nll_in_original_units_includes_the_standardisation() {
+        let (a, b) = (0.7f64, -0.4f64);
+        let (sa, ca) = a.sin_cos();
+        let (sb, cb) = b.sin_cos();
+        // Rz(a) · Rx(b), row-major: an orthonormal basis.
+        let rz = [ca, -sa, 0.0, sa, ca, 0.0, 0.0, 0.0, 1.0];
+        let rx = [1.0, 0.0, 0.0, 0.0, cb, -sb, 0.0, sb, cb];
+        let mut u = [0.0; 9];
+        for i in 0..3 {
+            for j in 0..3 {
+                u[i * 3 + j] = (0..3).map(|k| rz[i * 3 + k] * rx[k * 3 + j]).sum();
+            }
+        }
+        let (t0, t1) = (0.01, 0.6);
+        let model =
+            GaussianFlow::new(&u, &[2.0, -1.0, 0.0], &[0.5, -0.3, 1.2], 0.6, t0, t1).unwrap();
+        let flow = model.flow().unwrap();
+        let (mu, sigma) = (model.mean_at(t0), model.cov_at(t0));
+        let std = Standardizer {
+            mean: vec![10.0, -3.0, 0.5],
+            std: vec![0.2, 7.0, 1.5],
+        };
+        assert!(
+            std.log_abs_det().abs() > 0.7,
+            "a non-trivial standardisation"
+        );
+        // Points in standardised units drawn from the model, then mapped to original units.
+        let gy = Gaussian::new(mu.clone(), &sigma).unwrap();
+        let mut rng = Rng::new(5);
+        let n = 24;
+        let mut y = Vec::with_capacity(3 * n);
+        for _ in 0..n {
+            let e = rng.normals(3);
+            for (i, m) in mu.iter().enumerate() {
+                y.push(m + (0..=i).map(|k| gy.chol[i * 3 + k] * e[k]).sum::<f64>());
+            }
+        }
+        let mut x = y.clone();
+        std.invert(&mut x);
+        // The closed form in original units, computed without the standardisation's Jacobian.
+        let mean_x: Vec<f64> = (0..3).map(|i| std.mean[i] + std.std[i] * mu[i]).collect();
+        let cov_x: Vec<f64> = (0..9)
+            .map(|k| std.std[k / 3] * sigma[k] * std.std[k % 3])
+            .collect();
+        let want = Gaussian::new(mean_x, &cov_x).unwrap().nll(&x);
+        let want_std = gy.nll(&y);
+        // The eval path: standardise the points, then `evaluate`.
+        let mut xs = x.clone();
+        std.apply(&mut xs);
+        let settings = Settings {
+            nll: NllOptions {
+                tol: Tolerances {
+                    rtol: 1e-10,
+                    atol: 1e-10,
+                    ..Tolerances::default()
+                },
+                chunk: 8,
+                ..NllOptions::default()
+            },
+            t: vec![t0, t1],
+            elbo: None,
+            seed: 0,
+            progress: false,
+        };
+        let r = evaluate(&flow, &std, &xs, &settings).unwrap();
+        for (i, (got, w)) in r.per_sample.iter().zip(&want).enumerate() {
+            assert!((got[0] - w).abs() < 1e-4, "point {i}: {} vs {w}", got[0]);
+        }
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+        assert!(
+            (r.nll - mean(&want)).abs() < 1e-4,
+            "{} vs {}",
+            r.nll,
+            mean(&want)
+        );
+        assert!((r.nll_standardised - mean(&want_std)).abs() < 1e-4);
+        assert!((r.nll - r.nll_standardised + std.log_abs_det()).abs() < 1e-12);
+        assert!(
+            (r.log_abs_det - std.log_abs_det()).abs() < 1e-15,
+            "the report names the shift"
+        );
+    }
 }

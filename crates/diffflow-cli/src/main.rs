@@ -1,6 +1,7 @@
 //! `diffflow`: train, sample and evaluate Diffusion Normalizing Flow models.
 
 mod bench;
+mod bench_tabular;
 mod compare;
 mod eval;
 mod plot;
@@ -24,12 +25,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Train a DiffFlow model on a built-in 2-D data set.
-    Train(train::TrainArgs),
+    /// Train a DiffFlow model on a built-in 2-D data set or a data file (--data).
+    Train(Box<train::TrainArgs>),
     /// Draw samples from a trained model (SDE(lambda) or probability-flow ODE).
     Sample(sample::SampleArgs),
     /// Likelihood of data under a trained model: probability-flow NLL and negative ELBO.
     Eval(eval::EvalArgs),
+    /// The tabular table: DiffFlow, baselines and a Gaussian on MINIBOONE and digits.
+    BenchTabular(bench_tabular::BenchTabularArgs),
     /// DiffFlow against DDPM and a CNF on the 2-D sets (Figures 4-5, NLL and sample quality).
     Compare(compare::CompareArgs),
     /// Measure training and sampling speed, GEMM throughput and peak memory.
@@ -39,9 +42,10 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Train(args) => train::run(args),
+        Command::Train(args) => train::run(*args),
         Command::Sample(args) => sample::run(args),
         Command::Eval(args) => eval::run(args),
+        Command::BenchTabular(args) => bench_tabular::run(args),
         Command::Compare(args) => compare::run(args),
         Command::Bench(args) => bench::run(args),
     };

@@ -1,6 +1,7 @@
 //! Progress reporting for training: an indicatif bar on a terminal, periodic lines otherwise.
 
 use diffflow::train::{LogRecord, Observer, Restart, StepStats};
+use diffflow::validation::ValRecord;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
 use std::time::Instant;
@@ -87,6 +88,24 @@ impl Observer for TrainProgress {
             )
         });
         self.bar.set_position(r.from_step as u64);
+    }
+
+    fn validation(&mut self, r: &ValRecord) {
+        let line = format!(
+            "step {:>6}  validation {} {:.4} ± {:.4} nats ({:.4} standardised, {} points){}",
+            r.step,
+            r.val_metric,
+            r.val,
+            r.val_stderr,
+            r.val_standardised,
+            r.val_points,
+            if r.val_best {
+                "  best so far".to_string()
+            } else {
+                format!("  (best at step {})", r.best_step)
+            }
+        );
+        self.bar.suspend(|| eprintln!("{line}"));
     }
 
     fn log(&mut self, r: &LogRecord) {

@@ -11,7 +11,6 @@ use diffflow::ode::{Method, Tolerances};
 use diffflow::rng::{Rng, Stream};
 use diffflow::sample::{sample_ode, sample_sde};
 use diffflow::sde::{fixed_grid, flexible_grid, GridSpec};
-use diffflow::train::load_run;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -21,10 +20,19 @@ pub struct SampleArgs {
     /// Run folder written by `diffflow train`.
     #[arg(long)]
     run: PathBuf,
+    /// Which checkpoint: best (best.safetensors; the default when the run has one) or last.
+    #[arg(long, value_name = "best|last")]
+    checkpoint: Option<String>,
+    /// Runs on a data file: round the dequantised columns down to whole numbers, like the
+    /// data before dequantisation (samples are otherwise of the dequantised density).
+    #[arg(long)]
+    quantize: bool,
     /// Number of samples.
     #[arg(long, default_value_t = 10_000)]
     n: usize,
-    /// Output file: .csv, .npy or .png (2-D: histogram and scatter), by its extension.
+    /// Output file: .csv, .npy or .png (2-D: histogram and scatter), by its extension. A run
+    /// on a data file writes all the columns it was trained on (constant ones filled in),
+    /// with the file's column names in a .csv.
     #[arg(long)]
     out: PathBuf,
     /// λ of SDE (16) in [0, 1]: 1 = backward SDE, 0 = probability-flow ODE (default: the
@@ -98,7 +106,15 @@ pub fn run(args: SampleArgs) -> Result<()> {
         .as_deref()
         .map(str::parse::<Weights>)
         .transpose()?;
-    let run = load_run(&args.run, weights)?;
+    let run = crate::eval::load_model(&args.run, args.checkpoint.as_deref(), weights)?;
+    if args.quantize
+        && run
+            .columns
+            .as_ref()
+            .is_none_or(|c| c.dequantized.is_empty())
+    {
+        bail!("--quantize: the run has no dequantised columns");
+    }
     let cfg = &run.cfg;
     let d = run.flow.dim();
     if format == Format::Png && d != 2 {
@@ -194,7 +210,20 @@ pub fn run(args: SampleArgs) -> Result<()> {
             i / d
         );
     }
-    write(&args.out, format, &data, d, &how)
+    let (data, width, names) = match &run.columns {
+        Some(map) => {
+            if args.quantize {
+                for row in data.chunks_exact_mut(d) {
+                    for &k in &map.dequantized {
+                        row[k] = row[k].floor();
+                    }
+                }
+            }
+            (map.expand(&data), map.width, map.names.clone())
+        }
+        None => (data, d, None),
+    };
+    write(&args.out, format, &data, width, names, &how)
         .with_context(|| format!("cannot write {}", args.out.display()))?;
     eprintln!(
         "{} samples (d = {d}) in {secs:.2} s ({:.0} samples/s; {how}) -> {}",
@@ -205,7 +234,14 @@ pub fn run(args: SampleArgs) -> Result<()> {
     Ok(())
 }
 
-fn write(path: &Path, format: Format, data: &[f64], d: usize, how: &str) -> Result<()> {
+fn write(
+    path: &Path,
+    format: Format,
+    data: &[f64],
+    d: usize,
+    names: Option<Vec<String>>,
+    how: &str,
+) -> Result<()> {
     let rows = data.len() / d;
     match format {
         Format::Csv => {
@@ -213,7 +249,7 @@ fn write(path: &Path, format: Format, data: &[f64], d: usize, how: &str) -> Resu
                 data: data.to_vec(),
                 rows,
                 cols: d,
-                names: Some((0..d).map(|i| format!("x{i}")).collect()),
+                names: Some(names.unwrap_or_else(|| (0..d).map(|i| format!("x{i}")).collect())),
             };
             tabular::save_csv(path, &table)?;
         }

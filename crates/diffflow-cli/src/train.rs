@@ -6,12 +6,17 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use diffflow::adjoint::GradMethod;
 use diffflow::checkpoint::atomic_write;
-use diffflow::config::{NanAction, Precision, Preset, RunConfig, Weights};
+use diffflow::config::{tabular_width, NanAction, Precision, Preset, RunConfig, Weights};
+use diffflow::data::source::{Dequantize, FileSource};
 use diffflow::flow::Steps;
 use diffflow::likelihood::{ElboOptions, NllOptions};
 use diffflow::rng::{Rng, Stream};
 use diffflow::sde::{fixed_grid, Diffusion, GridKind, StepsSchedule};
-use diffflow::train::{append_metrics, HeldOutRecord, TrainData, Trainer, CONFIG_FILE, MODEL_FILE};
+use diffflow::train::{
+    append_metrics, load_run_file, HeldOutRecord, TrainData, Trainer, BEST_FILE, CONFIG_FILE,
+    MODEL_FILE,
+};
+use diffflow::validation::ValMetric;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -21,7 +26,7 @@ use std::sync::Arc;
 pub const EXIT_INTERRUPTED: u8 = 130;
 
 /// Flags that define a run: they cannot be changed when resuming one.
-const RUN_FLAGS: [&str; 21] = [
+const RUN_FLAGS: &[&str] = &[
     "dataset",
     "preset",
     "config",
@@ -43,6 +48,20 @@ const RUN_FLAGS: [&str; 21] = [
     "sample_weights",
     "samples",
     "checkpoint_every",
+    "data",
+    "columns",
+    "delimiter",
+    "header",
+    "no_header",
+    "dequantize",
+    "val_data",
+    "test_data",
+    "val_fraction",
+    "test_fraction",
+    "validate_every",
+    "val_metric",
+    "val_points",
+    "patience",
 ];
 
 #[derive(Args)]
@@ -76,10 +95,59 @@ pub struct TrainArgs {
     /// checkerboard, 8gaussians, moons, pinwheel, swissroll.
     #[arg(long, default_value = "rings")]
     dataset: String,
-    /// Start from a named configuration: quick (minutes on 2 cores) or paper-2d (the
-    /// authors' 2-D setup).
-    #[arg(long, default_value = "quick")]
-    preset: String,
+    /// Train on a data file instead of a built-in set: .csv, .tsv, .txt or .npy (f32/f64/int,
+    /// C order), optionally .gz; one point per row. Constant columns are dropped, integer
+    /// columns dequantised (see --dequantize), the rest standardised with statistics of the
+    /// training split. Implies --preset tabular unless --preset or --config is given.
+    #[arg(long, value_name = "FILE", conflicts_with = "dataset")]
+    data: Option<PathBuf>,
+    /// Columns of the data file to use, 0-based: "0-63" or "0,2,5-9" (default: all).
+    #[arg(long, value_name = "SPEC")]
+    columns: Option<String>,
+    /// Delimiter of a text data file: "," ";" tab space "|" ":" (default: detected).
+    #[arg(long)]
+    delimiter: Option<String>,
+    /// The first line of a text data file holds column names (default: detected).
+    #[arg(long, conflicts_with = "no_header")]
+    header: bool,
+    /// The first line of a text data file is data (default: detected).
+    #[arg(long)]
+    no_header: bool,
+    /// Dequantise integer-valued columns with U[0, 1) noise: auto (those of the training
+    /// split, if any), on (an error if none), off.
+    #[arg(long, value_name = "auto|on|off")]
+    dequantize: Option<String>,
+    /// Validation points from this file (same columns) instead of a split of the data file.
+    #[arg(long, value_name = "FILE")]
+    val_data: Option<PathBuf>,
+    /// Test points from this file (same columns) instead of a split of the data file.
+    #[arg(long, value_name = "FILE")]
+    test_data: Option<PathBuf>,
+    /// Fraction of the data file held out for validation when there is no --val-data
+    /// (default 0.1; 0: none). The split is seeded by --seed.
+    #[arg(long)]
+    val_fraction: Option<f64>,
+    /// Fraction of the data file held out for testing when there is no --test-data
+    /// (default 0.1; 0: none).
+    #[arg(long)]
+    test_fraction: Option<f64>,
+    /// Validate every K iterations and at the end, keeping the best model in
+    /// best.safetensors (0: off; tabular preset: 100).
+    #[arg(long, value_name = "K")]
+    validate_every: Option<usize>,
+    /// Validation metric: elbo (negative ELBO, cheap; default) or nll (probability flow).
+    #[arg(long)]
+    val_metric: Option<String>,
+    /// Validation points used (default 0: all).
+    #[arg(long)]
+    val_points: Option<usize>,
+    /// Stop training after P validations without improvement (default 0: never).
+    #[arg(long, value_name = "P")]
+    patience: Option<usize>,
+    /// Start from a named configuration: quick (minutes on 2 cores; the default), paper-2d
+    /// (the authors' 2-D setup) or tabular (data files; the default with --data).
+    #[arg(long)]
+    preset: Option<String>,
     /// Read the whole configuration from a TOML file (as written to config.toml); flags
     /// given as well override it.
     #[arg(long)]
@@ -144,17 +212,45 @@ pub struct TrainArgs {
 }
 
 impl TrainArgs {
-    fn config(&self) -> Result<RunConfig> {
+    /// The run's configuration, and whether the width is still to be scaled with the data's
+    /// dimension (the tabular preset without --width).
+    fn config(&self) -> Result<(RunConfig, bool)> {
+        let preset = match (&self.preset, &self.data) {
+            (Some(p), _) => p.parse::<Preset>()?,
+            (None, Some(_)) => Preset::Tabular,
+            (None, None) => Preset::Quick,
+        };
         let mut c = match &self.config {
             Some(p) => {
                 let text = std::fs::read_to_string(p)
                     .with_context(|| format!("cannot read config {}", p.display()))?;
                 RunConfig::from_toml(&text).with_context(|| format!("config {}", p.display()))?
             }
-            None => RunConfig::preset(self.preset.parse::<Preset>()?, &self.dataset),
+            None => RunConfig::preset(preset, &self.dataset),
         };
-        if self.config.is_none() || self.dataset != "rings" {
+        if let Some(path) = &self.data {
+            // Absolute, so that the run resumes and evaluates from any folder.
+            let abs = std::fs::canonicalize(path)
+                .with_context(|| format!("cannot read --data {}", path.display()))?;
+            c.data.dataset = data_name(&abs);
+            c.data.file = Some(FileSource::new(abs));
+        } else if self.config.is_none() || self.dataset != "rings" {
             c.data.dataset = self.dataset.clone();
+            c.data.file = None;
+        }
+        self.apply_file_flags(&mut c)?;
+        let v = &mut c.train.validation;
+        if let Some(k) = self.validate_every {
+            v.every = k;
+        }
+        if let Some(m) = &self.val_metric {
+            v.metric = m.parse::<ValMetric>()?;
+        }
+        if let Some(n) = self.val_points {
+            v.points = n;
+        }
+        if let Some(p) = self.patience {
+            v.patience = p;
         }
         let t = &mut c.train;
         if let Some(v) = self.iters {
@@ -217,7 +313,71 @@ impl TrainArgs {
         }
         self.apply_operational(&mut c)?;
         c.validate()?;
-        Ok(c)
+        let scale_width = c.data.file.is_some()
+            && self.config.is_none()
+            && preset == Preset::Tabular
+            && self.width.is_none();
+        Ok((c, scale_width))
+    }
+
+    /// The options of the data file (--columns … --test-fraction); they need a data file.
+    fn apply_file_flags(&self, c: &mut RunConfig) -> Result<()> {
+        let given = self.columns.is_some()
+            || self.delimiter.is_some()
+            || self.header
+            || self.no_header
+            || self.dequantize.is_some()
+            || self.val_data.is_some()
+            || self.test_data.is_some()
+            || self.val_fraction.is_some()
+            || self.test_fraction.is_some();
+        let Some(f) = c.data.file.as_mut() else {
+            if given {
+                bail!(
+                    "--columns, --delimiter, --header, --dequantize, --val-data, --test-data and \
+                     the fractions need --data FILE (or a config with [data.file])"
+                );
+            }
+            return Ok(());
+        };
+        if let Some(v) = &self.columns {
+            f.columns = Some(v.clone());
+        }
+        if let Some(v) = &self.delimiter {
+            f.delimiter = Some(match v.as_str() {
+                "tab" | "\\t" => '\t',
+                "space" => ' ',
+                s if s.chars().count() == 1 => s.chars().next().unwrap_or(','),
+                s => bail!("--delimiter '{s}': give one character, tab or space"),
+            });
+        }
+        if self.header {
+            f.header = Some(true);
+        }
+        if self.no_header {
+            f.header = Some(false);
+        }
+        if let Some(v) = &self.dequantize {
+            f.dequantize = v.parse::<Dequantize>()?;
+        }
+        let abs = |p: &PathBuf, what: &str| {
+            std::fs::canonicalize(p).with_context(|| format!("cannot read {what} {}", p.display()))
+        };
+        if let Some(p) = &self.val_data {
+            f.validation = Some(abs(p, "--val-data")?);
+            f.val_fraction = None;
+        }
+        if let Some(p) = &self.test_data {
+            f.test = Some(abs(p, "--test-data")?);
+            f.test_fraction = None;
+        }
+        if let Some(v) = self.val_fraction {
+            f.val_fraction = Some(v);
+        }
+        if let Some(v) = self.test_fraction {
+            f.test_fraction = Some(v);
+        }
+        Ok(())
     }
 
     /// Flags that may also change on resume: threads and the divergence policy.
@@ -261,6 +421,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
         None => start(&args)?,
     };
     let cfg = trainer.cfg.clone();
+    for note in &trainer.data.notes {
+        eprintln!("data: {note}");
+    }
     eprintln!(
         "training DiffFlow on {} ({} points, d = {}): {} parameters, {} iterations, batch {}, N = {}{}",
         cfg.data.dataset,
@@ -306,6 +469,24 @@ pub fn run(args: TrainArgs) -> Result<()> {
         other => other?,
     }
     let secs = progress.elapsed();
+    let vs = trainer.validation_state().clone();
+    if let Some(best) = vs.best {
+        eprintln!(
+            "{}best validation {} {:.4} nats (standardised units) at iteration {}: {}",
+            if vs.stopped {
+                format!(
+                    "stopped early at iteration {}: no improvement in {} validations; ",
+                    trainer.step, cfg.train.validation.patience
+                )
+            } else {
+                String::new()
+            },
+            cfg.train.validation.metric,
+            best,
+            vs.best_step,
+            out.join(BEST_FILE).display()
+        );
+    }
     eprintln!(
         "trained {} iterations in {:.1} s ({:.2} it/s){}",
         trainer.step - first,
@@ -357,14 +538,36 @@ fn has_held_out(out: &Path, step: usize) -> bool {
     })
 }
 
+/// The name of a data file: its file name without `.gz` and the format's extension.
+fn data_name(path: &Path) -> String {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "data".into());
+    let name = name.strip_suffix(".gz").unwrap_or(&name);
+    match name.rsplit_once('.') {
+        Some((stem, _)) if !stem.is_empty() => stem.to_string(),
+        _ => name.to_string(),
+    }
+}
+
 /// A fresh run: configuration from the flags, a new output folder.
 fn start(args: &TrainArgs) -> Result<(Trainer, PathBuf)> {
-    let cfg = args.config()?;
+    let (mut cfg, scale_width) = args.config()?;
     let out = args
         .out
         .clone()
         .unwrap_or_else(|| PathBuf::from("runs").join(&cfg.data.dataset));
     let data = build_data(&cfg)?;
+    if scale_width {
+        cfg.model.net.width = tabular_width(data.dim);
+    }
+    if cfg.data.file.is_some() {
+        // Recorded for people reading config.toml.
+        cfg.data.train_size = data.len();
+        cfg.data.test_size = data.test.len() / data.dim;
+    }
+    cfg.validate()?;
     prepare_out(&out, args.force)?;
     atomic_write(&out.join(CONFIG_FILE), cfg.to_toml()?.as_bytes())?;
     Ok((Trainer::new(cfg, data)?, out))
@@ -372,8 +575,8 @@ fn start(args: &TrainArgs) -> Result<(Trainer, PathBuf)> {
 
 /// The training data of a configuration: a fresh run and a resumed one must build them the
 /// same way (resume checks them against the checkpoint's standardisation).
-fn build_data(cfg: &RunConfig) -> diffflow::Result<TrainData> {
-    TrainData::toy(&cfg.data, cfg.train.seed)
+pub fn build_data(cfg: &RunConfig) -> diffflow::Result<TrainData> {
+    TrainData::from_config(cfg)
 }
 
 /// A resumed run: everything from the checkpoint in `dir`, the data regenerated from its
@@ -392,7 +595,13 @@ fn resume(args: &TrainArgs, dir: &Path) -> Result<(Trainer, PathBuf)> {
     if trainer.cfg != before {
         atomic_write(&dir.join(CONFIG_FILE), trainer.cfg.to_toml()?.as_bytes())?;
     }
-    if trainer.step >= trainer.cfg.train.iters {
+    if trainer.validation_state().stopped {
+        eprintln!(
+            "the run in {} stopped early at iteration {} (validation patience)",
+            dir.display(),
+            trainer.step
+        );
+    } else if trainer.step >= trainer.cfg.train.iters {
         eprintln!(
             "the run in {} is complete ({} iterations); give --iters to train longer",
             dir.display(),
@@ -422,7 +631,8 @@ fn install_stop_handler() -> Result<Arc<AtomicBool>> {
 const HELD_OUT_POINTS: usize = 2000;
 
 /// Probability-flow NLL and negative ELBO of (up to 2000) held-out points with the sampling
-/// weights, appended to `metrics.jsonl` as a [`HeldOutRecord`].
+/// weights of the best checkpoint (with validation) or the final model, appended to
+/// `metrics.jsonl` as a [`HeldOutRecord`].
 fn write_held_out(trainer: &Trainer, out: &Path) -> Result<()> {
     let d = trainer.data.dim;
     let n = (trainer.data.test.len() / d).min(HELD_OUT_POINTS);
@@ -430,7 +640,13 @@ fn write_held_out(trainer: &Trainer, out: &Path) -> Result<()> {
         return Ok(());
     }
     let cfg = &trainer.cfg;
-    let flow = trainer.sampling_flow(cfg.sample.weights)?;
+    let (flow, model_step) = match trainer.validation_state().best {
+        Some(_) if out.join(BEST_FILE).exists() => {
+            let run = load_run_file(out, BEST_FILE, None)?;
+            (run.flow, Some(run.step))
+        }
+        _ => (trainer.sampling_flow(cfg.sample.weights)?, None),
+    };
     let threads = cfg.train.threads;
     let settings = crate::eval::Settings {
         nll: NllOptions {
@@ -462,14 +678,20 @@ fn write_held_out(trainer: &Trainer, out: &Path) -> Result<()> {
         test_points: n,
         nfe: r.nfe,
         weights: cfg.sample.weights,
+        model_step,
     };
     append_metrics(out, &rec)?;
     eprintln!(
-        "held-out ({n} points): NLL {:.4} ± {:.4} nats ({:.4} bits/dim), negative ELBO {:.4} ± \
-         {:.4} nats, NFE {:.0}, {:.1} s",
+        "held-out ({n} points{}): NLL {:.4} ± {:.4} nats in data units ({:.4} bits/dim; {:.4} \
+         standardised), negative ELBO {:.4} ± {:.4} nats, NFE {:.0}, {:.1} s",
+        match model_step {
+            Some(s) => format!(", best checkpoint of iteration {s}"),
+            None => String::new(),
+        },
         rec.test_nll,
         rec.test_nll_stderr,
         rec.test_bits_per_dim,
+        rec.test_nll_standardised,
         rec.test_elbo,
         rec.test_elbo_stderr,
         r.nfe,
@@ -494,14 +716,34 @@ fn write_samples(trainer: &Trainer, out: &Path) -> Result<()> {
         5000,
         &mut rng,
     )?;
+    let d = trainer.data.dim;
     let mut samples = x.flatten_all()?.to_vec1::<f64>()?;
     trainer.data.standardizer.invert(&mut samples);
     let mut data = if trainer.data.test.is_empty() {
-        trainer.data.train[..trainer.data.train.len().min(2 * cfg.sample.n)].to_vec()
+        trainer.data.train[..trainer.data.train.len().min(d * cfg.sample.n)].to_vec()
     } else {
         trainer.data.test.clone()
     };
     trainer.data.standardizer.invert(&mut data);
+    // Higher-dimensional data: the first two modelled columns.
+    let (data, samples, what) = if d == 2 {
+        (data, samples, String::new())
+    } else {
+        let cols = match &trainer.data.columns {
+            Some(c) => (c.kept[0], c.kept[1.min(d - 1)]),
+            None => (0, 1.min(d - 1)),
+        };
+        let two = |x: &[f64]| -> Vec<f64> {
+            x.chunks_exact(d)
+                .flat_map(|r| [r[0], r[1.min(d - 1)]])
+                .collect()
+        };
+        (
+            two(&data),
+            two(&samples),
+            format!(", columns {} and {}", cols.0, cols.1),
+        )
+    };
     let panels = [
         Panel {
             title: format!("data ({} points)", data.len() / 2),
@@ -520,7 +762,7 @@ fn write_samples(trainer: &Trainer, out: &Path) -> Result<()> {
             style: Style::Histogram,
         },
     ];
-    let title = format!("{}: {} iterations", cfg.data.dataset, trainer.step);
+    let title = format!("{}: {} iterations{what}", cfg.data.dataset, trainer.step);
     plot::panels_row(&out.join("samples.png"), &title, &panels, None)?;
     Ok(())
 }

@@ -202,3 +202,44 @@ fn bad_configs_and_absurd_data_headers_are_clear_errors() {
         &["absurd.npy"],
     );
 }
+
+/// `train` with bad arguments: one line naming the value, exit 1, nothing written.
+#[test]
+fn bad_training_arguments_are_one_line_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let blocker = tmp.path().join("a-file");
+    std::fs::write(&blocker, b"not a folder").unwrap();
+    let under_file = blocker.join("run");
+    let cases: Vec<(Vec<&str>, &[&str])> = vec![
+        (vec!["--dataset", "nope"], &["unknown toy data set", "nope"]),
+        (vec!["--steps", "0"], &["steps", "at least 1"]),
+        (vec!["--lr", "-1"], &["lr", "> 0", "-1"]),
+        (vec!["--beta", "0"], &["beta must be > 0", "0"]),
+        (vec!["--beta", "-0.5"], &["beta must be > 0", "-0.5"]),
+        (vec!["--batch", "0"], &["batch", ">= 1"]),
+        (vec!["--g", "-1"], &["diffusion g", "g = -1"]),
+        (vec!["--grid", "weird"], &["unknown grid", "weird"]),
+        (
+            vec!["--config", "/nonexistent/c.toml"],
+            &["/nonexistent/c.toml"],
+        ),
+    ];
+    for (args, want) in cases {
+        let o = bin()
+            .arg("train")
+            .args(&args)
+            .args(["--iters", "1", "--out"])
+            .arg(&out)
+            .output()
+            .unwrap();
+        fails_with(&args.join(" "), o, want);
+        assert!(!out.exists(), "{args:?} left {}", out.display());
+    }
+    let o = bin()
+        .args(["train", "--dataset", "moons", "--iters", "1", "--out"])
+        .arg(&under_file)
+        .output()
+        .unwrap();
+    fails_with("unwritable --out", o, &[&under_file.display().to_string()]);
+}

@@ -12,6 +12,7 @@ pub mod config;
 pub mod data;
 pub mod error;
 pub mod flow;
+pub mod gaussian;
 pub mod likelihood;
 pub mod metrics;
 pub mod nn;
@@ -21,5 +22,6 @@ pub mod rng;
 pub mod sample;
 pub mod sde;
 pub mod train;
+pub mod validation;
 
 pub use error::{Error, Result};

@@ -139,7 +139,7 @@ impl Ema {
             start,
             shadow: vars
                 .iter()
-                .map(|(_, v)| Ok(v.as_tensor().copy()?))
+                .map(|(_, v)| Ok(v.as_tensor().copy()?.detach()))
                 .collect::<Result<Vec<_>>>()?,
             updates: 0,
         })
@@ -155,11 +155,12 @@ impl Ema {
         }
     }
 
-    /// Moves the shadow toward the current weights.
+    /// Moves the shadow toward the current weights. The shadow is detached: an op graph
+    /// through the weights (`Var`s) would keep every earlier shadow alive.
     pub fn update(&mut self, vars: &[(String, Var)]) -> Result<()> {
         let d = self.current_decay();
         for (s, (_, v)) in self.shadow.iter_mut().zip(vars) {
-            *s = (s.affine(d, 0.0)? + v.as_tensor().affine(1.0 - d, 0.0)?)?;
+            *s = (s.affine(d, 0.0)? + v.as_tensor().detach().affine(1.0 - d, 0.0)?)?.detach();
         }
         self.updates += 1;
         Ok(())
@@ -239,6 +240,19 @@ mod tests {
         assert!((ema.shadow[0].to_vec1::<f64>().unwrap()[0] - 11.0).abs() < 1e-12);
         ema.updates = 1000;
         assert_eq!(ema.current_decay(), 0.9);
+    }
+
+    #[test]
+    fn ema_shadow_holds_no_graph() {
+        // A shadow that tracked ops would chain every earlier shadow through the op graph: a
+        // copy of the weights leaked per update (gigabytes over a tabular run).
+        let vars = var(vec![1.0, 2.0]);
+        let mut ema = Ema::new(&vars, 0.9, 0).unwrap();
+        assert!(!ema.shadow[0].track_op());
+        for _ in 0..3 {
+            ema.update(&vars).unwrap();
+            assert!(!ema.shadow[0].track_op());
+        }
     }
 
     #[test]

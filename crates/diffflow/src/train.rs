@@ -4,12 +4,14 @@
 use crate::adjoint::{gradient, LossParts};
 use crate::checkpoint::{self, TensorFile};
 use crate::config::{DataConfig, ModelConfig, NanAction, RunConfig, Weights};
+use crate::data::source::{self, ColumnMap, FileSource};
 use crate::data::{toy_2d, Standardizer};
 use crate::flow::{DiffFlow, Steps};
 use crate::nn::TimeNet;
 use crate::optim::{clip_global_norm, step_decay, Adam, Ema};
 use crate::rng::{Rng, RngState, Stream};
 use crate::sde::{fixed_grid, flexible_grid, GridKind};
+use crate::validation::{self, ValRecord, ValState};
 use crate::{Error, Result};
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
@@ -24,6 +26,8 @@ pub const CONFIG_FILE: &str = "config.toml";
 pub const MODEL_FILE: &str = "model.safetensors";
 /// One JSON line per logging interval.
 pub const METRICS_FILE: &str = "metrics.jsonl";
+/// The checkpoint with the best validation metric (when validation is on).
+pub const BEST_FILE: &str = "best.safetensors";
 
 /// Training and held-out points in standardised units, with the transform from data units.
 #[derive(Clone, Debug)]
@@ -36,6 +40,16 @@ pub struct TrainData {
     pub dim: usize,
     /// Data units → standardised units.
     pub standardizer: Standardizer,
+    /// Validation points, standardised (empty: none). Shapes: [n_val, dim].
+    pub val: Vec<f64>,
+    /// Width of the dequantisation noise added to each coordinate of every training batch,
+    /// in standardised units (`1/std` for a dequantised column, 0 otherwise; empty: none).
+    /// Shapes: `[dim]` or `[0]`.
+    pub dequantize: Vec<f64>,
+    /// File columns → model coordinates (data files only).
+    pub columns: Option<ColumnMap>,
+    /// What the preprocessing did, one line each (data files only).
+    pub notes: Vec<String>,
 }
 
 impl TrainData {
@@ -49,7 +63,71 @@ impl TrainData {
             test,
             dim,
             standardizer,
+            val: Vec::new(),
+            dequantize: Vec::new(),
+            columns: None,
+            notes: Vec::new(),
         })
+    }
+
+    /// The data of a run's configuration: its file source, else its built-in 2-D set.
+    pub fn from_config(cfg: &RunConfig) -> Result<Self> {
+        match &cfg.data.file {
+            Some(src) => Self::from_file(src, cfg.train.seed),
+            None => Self::toy(&cfg.data, cfg.train.seed),
+        }
+    }
+
+    /// A data file through the pipeline of [`crate::data::source`], with the split and the
+    /// held-out dequantisation noise drawn from the seed's data stream.
+    pub fn from_file(src: &FileSource, seed: u64) -> Result<Self> {
+        let p = source::prepare(src, &mut Rng::stream(seed, Stream::Data))?;
+        let s = p.standardizer;
+        let (mut train, mut val, mut test) = (p.train, p.val, p.test);
+        for x in [&mut train, &mut val, &mut test] {
+            s.apply(x);
+        }
+        let dequantize = if p.columns.dequantized.is_empty() {
+            Vec::new()
+        } else {
+            let mut w = vec![0.0; p.dim];
+            for &k in &p.columns.dequantized {
+                w[k] = 1.0 / s.std[k];
+            }
+            w
+        };
+        Ok(TrainData {
+            train,
+            test,
+            dim: p.dim,
+            standardizer: s,
+            val,
+            dequantize,
+            columns: Some(p.columns),
+            notes: p.notes,
+        })
+    }
+
+    /// `b` training points drawn with replacement from `rng`, plus fresh dequantisation
+    /// noise for the dequantised coordinates (drawn after the rows, row by row).
+    /// Shapes: → [b, dim].
+    pub fn draw_batch(&self, b: usize, rng: &mut Rng) -> Vec<f64> {
+        let (d, rows) = (self.dim, self.len());
+        let mut x0 = Vec::with_capacity(b * d);
+        for _ in 0..b {
+            let r = rng.below(rows);
+            x0.extend_from_slice(&self.train[r * d..(r + 1) * d]);
+        }
+        if !self.dequantize.is_empty() {
+            for row in x0.chunks_exact_mut(d) {
+                for (x, &w) in row.iter_mut().zip(&self.dequantize) {
+                    if w > 0.0 {
+                        *x += w * rng.uniform();
+                    }
+                }
+            }
+        }
+        x0
     }
 
     /// A built-in 2-D set: `train_size + test_size` points generated together from the seed's
@@ -162,6 +240,8 @@ pub trait Observer {
     fn checkpoint(&mut self, _step: usize) {}
     /// Training diverged and went back to the last good checkpoint.
     fn restart(&mut self, _restart: &Restart) {}
+    /// A validation was done (and written to the metrics).
+    fn validation(&mut self, _record: &ValRecord) {}
 }
 
 /// An observer that ignores everything.
@@ -189,6 +269,8 @@ pub struct Trainer {
     lr_scale: f64,
     /// Divergence restarts so far.
     restarts: usize,
+    /// Model selection so far.
+    val: ValState,
 }
 
 impl Trainer {
@@ -197,6 +279,12 @@ impl Trainer {
         cfg.validate()?;
         if data.is_empty() {
             return Err(Error::data("no training points"));
+        }
+        if cfg.train.validation.enabled() && data.val.is_empty() {
+            return Err(Error::config(
+                "train.validation.every > 0 needs validation points (a data file with a \
+                 validation split or file)",
+            ));
         }
         if cfg.model.kind == crate::config::ModelKind::Cnf {
             return Err(Error::config(
@@ -224,6 +312,7 @@ impl Trainer {
             acc: Accumulator::default(),
             lr_scale: 1.0,
             restarts: 0,
+            val: ValState::default(),
             cfg,
         })
     }
@@ -254,6 +343,16 @@ impl Trainer {
         self.lr_scale
     }
 
+    /// Model selection so far (best validation value and step, early stop).
+    pub fn validation_state(&self) -> &ValState {
+        &self.val
+    }
+
+    /// Whether training is over: all iterations done, or stopped early.
+    pub fn is_complete(&self) -> bool {
+        self.step >= self.cfg.train.iters || self.val.stopped
+    }
+
     /// The time grid for the next iteration (draws from the training stream when flexible).
     fn next_steps(&mut self, n: usize) -> Steps {
         let spec = &self.cfg.model.grid;
@@ -270,12 +369,7 @@ impl Trainer {
         let (d, b) = (self.data.dim, t.batch);
         let n = t.steps.at(self.step);
         let steps = self.next_steps(n);
-        let rows = self.data.len();
-        let mut x0 = Vec::with_capacity(b * d);
-        for _ in 0..b {
-            let r = self.rng.below(rows);
-            x0.extend_from_slice(&self.data.train[r * d..(r + 1) * d]);
-        }
+        let x0 = self.data.draw_batch(b, &mut self.rng);
         let dtype = self.flow.dtype();
         let x0 = Tensor::from_vec(x0, (b, d), &Device::Cpu)?.to_dtype(dtype)?;
         // Drawn straight into the model's precision (the same values as converting the f64
@@ -380,6 +474,7 @@ impl Trainer {
         let mut metrics = None;
         if let Some(d) = dir {
             checkpoint::remove_stale_temps(&d.join(MODEL_FILE));
+            checkpoint::remove_stale_temps(&d.join(BEST_FILE));
             checkpoint::remove_stale_temps(&d.join(METRICS_FILE));
             if self.step == 0 {
                 self.save(d)?;
@@ -428,7 +523,7 @@ impl Trainer {
         stop: Option<&AtomicBool>,
     ) -> Result<()> {
         let t = self.cfg.train.clone();
-        while self.step < t.iters {
+        while self.step < t.iters && !self.val.stopped {
             let s = self.train_step()?;
             obs.step(&s);
             self.acc.add(&s);
@@ -439,25 +534,73 @@ impl Trainer {
                 }
                 obs.log(&rec);
             }
+            if t.validation.due(s.step, t.iters) {
+                let rec = self.validate()?;
+                if let Some(m) = metrics.as_mut() {
+                    m.write(&rec)?;
+                }
+                if let (Some(d), true) = (dir, rec.val_best) {
+                    self.save_file(&d.join(BEST_FILE))?;
+                }
+                obs.validation(&rec);
+            }
             let interrupted = stop.is_some_and(|f| f.load(Ordering::Relaxed));
             let periodic = t.checkpoint_every > 0 && s.step % t.checkpoint_every == 0;
             if let Some(d) = dir {
-                if periodic || interrupted || s.step == t.iters {
+                if periodic || interrupted || s.step == t.iters || self.val.stopped {
                     self.save(d)?;
                     obs.checkpoint(s.step);
                 }
             }
-            if interrupted && self.step < t.iters {
+            if interrupted && !self.is_complete() {
                 return Err(Error::Interrupted { step: self.step });
             }
         }
         Ok(())
     }
 
+    /// Measures the validation metric of the sampling weights on (the first
+    /// `train.validation.points` of) the validation points and updates the model selection.
+    /// A non-finite value is [`Error::NonFinite`] (the divergence guard handles it).
+    fn validate(&mut self) -> Result<ValRecord> {
+        let v = self.cfg.train.validation.clone();
+        let d = self.data.dim;
+        let rows = self.data.val.len() / d;
+        let n = if v.points == 0 {
+            rows
+        } else {
+            v.points.min(rows)
+        };
+        let flow = self.sampling_flow(self.cfg.sample.weights)?;
+        let s = validation::measure(&flow, &self.data.val[..n * d], &self.cfg)?;
+        if !s.mean.is_finite() {
+            return Err(Error::NonFinite {
+                step: self.step,
+                what: format!("validation {} ({})", v.metric, s.mean),
+            });
+        }
+        let best = self.val.update(s.mean, self.step, v.patience);
+        Ok(ValRecord {
+            step: self.step,
+            val_metric: v.metric,
+            val: s.mean - self.data.standardizer.log_abs_det(),
+            val_stderr: s.stderr,
+            val_standardised: s.mean,
+            val_points: n,
+            val_best: best,
+            best_step: self.val.best_step,
+        })
+    }
+
     /// Writes the checkpoint `dir/model.safetensors` atomically (temp file, fsync, rename:
     /// the previous checkpoint stays complete until the new one replaces it). Refuses to
     /// write a state with a NaN or infinity ([`Error::NonFinite`]).
     pub fn save(&self, dir: &Path) -> Result<()> {
+        self.save_file(&dir.join(MODEL_FILE))
+    }
+
+    /// [`Trainer::save`] to the file `path` (e.g. the best checkpoint).
+    pub fn save_file(&self, path: &Path) -> Result<()> {
         if let Some(what) = self.non_finite_state()? {
             return Err(Error::NonFinite {
                 step: self.step,
@@ -492,6 +635,8 @@ impl Trainer {
             metrics: self.acc.clone(),
             lr_scale: self.lr_scale,
             restarts: self.restarts,
+            validation: self.val.clone(),
+            columns: self.data.columns.clone(),
         };
         let mut meta = BTreeMap::new();
         meta.insert("format".into(), "diffflow".into());
@@ -501,7 +646,7 @@ impl Trainer {
             "state".into(),
             serde_json::to_string(&state).map_err(|e| Error::config(e.to_string()))?,
         );
-        checkpoint::write(&dir.join(MODEL_FILE), &tensors, &meta)
+        checkpoint::write(path, &tensors, &meta)
     }
 
     /// Restores a run from `dir/model.safetensors` (for `--resume`): weights, EMA, Adam
@@ -527,7 +672,7 @@ impl Trainer {
         }
         let (cfg, state, file) = read_run(&path)?;
         let data = make_data(&cfg)?;
-        if data.standardizer != state.standardizer {
+        if data.standardizer != state.standardizer || data.columns != state.columns {
             return Err(Error::checkpoint(
                 &path,
                 "the training data differ from the run's (their standardisation does not match \
@@ -573,6 +718,7 @@ impl Trainer {
         self.acc = state.metrics.clone();
         self.lr_scale = state.lr_scale;
         self.restarts = state.restarts;
+        self.val = state.validation.clone();
         Ok(())
     }
 
@@ -617,6 +763,12 @@ struct TrainState {
     lr_scale: f64,
     #[serde(default)]
     restarts: usize,
+    /// Model selection (absent until the first validation).
+    #[serde(default, skip_serializing_if = "ValState::is_initial")]
+    validation: ValState,
+    /// File columns → model coordinates (data files only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    columns: Option<ColumnMap>,
 }
 
 fn one() -> f64 {
@@ -712,6 +864,14 @@ fn parse_run(bytes: &[u8]) -> Result<(RunConfig, TrainState, TensorFile)> {
         )));
     }
     Rng::from_state(&state.rng).map_err(|e| bad(format!("stored state: {e}")))?;
+    state
+        .validation
+        .validate(state.step)
+        .map_err(|e| bad(format!("stored state: {e}")))?;
+    if let Some(c) = &state.columns {
+        c.validate(state.dim)
+            .map_err(|e| bad(format!("stored state: {e}")))?;
+    }
     // The model about to be built must be of the order of what the file holds: a hostile
     // `dim` must not make us allocate a huge network before the shapes are compared (which
     // gives the precise error).
@@ -790,11 +950,23 @@ pub struct LoadedRun {
     pub standardizer: Standardizer,
     /// Iterations trained.
     pub step: usize,
+    /// File columns → model coordinates (runs on a data file).
+    pub columns: Option<ColumnMap>,
+    /// Model selection when this checkpoint was written.
+    pub validation: ValState,
+    /// The file loaded.
+    pub path: PathBuf,
 }
 
 /// Loads `dir/model.safetensors` with live or EMA weights (`None`: the run's default).
 pub fn load_run(dir: &Path, weights: Option<Weights>) -> Result<LoadedRun> {
-    let path: PathBuf = dir.join(MODEL_FILE);
+    load_run_file(dir, MODEL_FILE, weights)
+}
+
+/// Loads the checkpoint `dir/file` (e.g. [`BEST_FILE`]) with live or EMA weights (`None`:
+/// the run's default).
+pub fn load_run_file(dir: &Path, file: &str, weights: Option<Weights>) -> Result<LoadedRun> {
+    let path: PathBuf = dir.join(file);
     if !path.exists() {
         return Err(Error::checkpoint(
             &path,
@@ -823,6 +995,9 @@ pub fn load_run(dir: &Path, weights: Option<Weights>) -> Result<LoadedRun> {
         flow,
         standardizer: state.standardizer,
         step: state.step,
+        columns: state.columns,
+        validation: state.validation,
+        path,
     })
 }
 
@@ -853,6 +1028,10 @@ pub struct HeldOutRecord {
     pub nfe: f64,
     /// Weights evaluated (`ema` or `live`).
     pub weights: Weights,
+    /// The iteration of the model evaluated when it is the best checkpoint (absent: the
+    /// final model).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_step: Option<usize>,
 }
 
 /// Appends one JSON line (e.g. a [`HeldOutRecord`]) to `dir/metrics.jsonl`.
@@ -903,7 +1082,7 @@ impl MetricsWriter {
 
     /// Appends one line with a single write (a killed process leaves at most one partial
     /// line, which does not parse and is dropped on resume).
-    fn write(&mut self, rec: &LogRecord) -> Result<()> {
+    fn write(&mut self, rec: &impl Serialize) -> Result<()> {
         let mut line = serde_json::to_string(rec).map_err(|e| Error::config(e.to_string()))?;
         line.push('\n');
         self.file

@@ -401,6 +401,7 @@ fn held_out_record_survives_a_resume_and_later_lines_do_not() {
         test_points: 50,
         nfe: 30.0,
         weights: Weights::Ema,
+        model_step: None,
     };
     append_metrics(dir.path(), &rec(20)).unwrap();
     // A stale line from beyond the checkpoint (as an interrupted run would leave).

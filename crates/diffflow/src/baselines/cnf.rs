@@ -276,7 +276,7 @@ impl CnfTrainer {
         let n = t.steps.at(self.step);
         let ts = fixed_grid(&self.cfg.model.grid, n);
         let dtype = self.net.dtype();
-        let x0 = draw_batch(&self.data.train, d, b, dtype, &mut self.rng)?;
+        let x0 = draw_batch(&self.data, b, dtype, &mut self.rng)?;
         let probe = match self.trace {
             Trace::Exact => None,
             Trace::Hutchinson => Some(rademacher(b, d, dtype, &mut self.rng)?),

@@ -350,7 +350,7 @@ impl EpsTrainer {
     pub fn train_step(&mut self) -> Result<EpsStats> {
         let (d, b) = (self.data.dim, self.cfg.train.batch);
         let dtype = self.flow.dtype();
-        let x0 = draw_batch(&self.data.train, d, b, dtype, &mut self.rng)?;
+        let x0 = draw_batch(&self.data, b, dtype, &mut self.rng)?;
         let grid = self.cfg.model.grid;
         let times = group_times(self.groups, grid.t_min, grid.t_max, &mut self.rng);
         let eps =

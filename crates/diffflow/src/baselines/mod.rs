@@ -153,25 +153,20 @@ impl NetOptimizer {
     }
 }
 
-/// `b` rows drawn with replacement from `data` [rows, d] (standardised), as a tensor of
+/// `b` training rows drawn with replacement (standardised; with fresh dequantisation noise
+/// where the data have it, as for DiffFlow: [`TrainData::draw_batch`]), as a tensor of
 /// `dtype`. Shapes: → [b, d].
 pub(crate) fn draw_batch(
-    data: &[f64],
-    d: usize,
+    data: &crate::train::TrainData,
     b: usize,
     dtype: candle_core::DType,
     rng: &mut Rng,
 ) -> Result<Tensor> {
-    let rows = data.len() / d;
-    if rows == 0 {
+    if data.is_empty() {
         return Err(Error::data("no training points"));
     }
-    let mut x0 = Vec::with_capacity(b * d);
-    for _ in 0..b {
-        let r = rng.below(rows);
-        x0.extend_from_slice(&data[r * d..(r + 1) * d]);
-    }
-    Ok(Tensor::from_vec(x0, (b, d), &Device::Cpu)?.to_dtype(dtype)?)
+    let x0 = data.draw_batch(b, rng);
+    Ok(Tensor::from_vec(x0, (b, data.dim), &Device::Cpu)?.to_dtype(dtype)?)
 }
 
 /// Runs `work(c)` for `c in 0..n` on up to `threads` scoped threads; results in index order

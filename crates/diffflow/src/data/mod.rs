@@ -7,7 +7,9 @@
 //! - [`idx`]: MNIST's IDX files (gzipped or not), with hostile-header checks;
 //! - [`standardize`]: per-column `(x - mean) / std` with its log-Jacobian ([`Standardizer`]);
 //! - [`tabular`]: CSV/TSV/text and NumPy `.npy` files, optionally gzipped ([`tabular::load`]);
-//! - [`preprocess`]: drop constant columns, dequantise integer columns, seeded splits.
+//! - [`preprocess`]: drop constant columns, dequantise integer columns, seeded splits;
+//! - [`source`]: a data file as a run's data ([`source::FileSource`]): the whole pipeline
+//!   (read, split, drop constants, dequantise, standardise on the training split).
 //!
 //! Every random draw comes from the [`crate::rng::Rng`] passed in, so a data set is a
 //! deterministic function of its seed.
@@ -15,6 +17,7 @@
 pub mod idx;
 pub mod image2d;
 pub mod preprocess;
+pub mod source;
 pub mod standardize;
 pub mod tabular;
 pub mod toy;

@@ -23,6 +23,19 @@ impl Default for Diffusion {
     }
 }
 
+/// The form [`Diffusion::parse`] reads (a linear `g` with its end time `t_end`).
+impl std::fmt::Display for Diffusion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            Diffusion::Constant { value } => write!(f, "{value}"),
+            Diffusion::Linear { start, end, t_end } => {
+                write!(f, "linear:{start}:{end} (at t = {t_end})")
+            }
+            Diffusion::Vp { beta_min, beta_max } => write!(f, "vp:{beta_min}:{beta_max}"),
+        }
+    }
+}
+
 impl Diffusion {
     /// `g(t)`.
     pub fn at(&self, t: f64) -> f64 {
@@ -62,7 +75,7 @@ impl Diffusion {
             Ok(())
         } else {
             Err(Error::config(format!(
-                "diffusion g must be finite and > 0 on [0, T], got {self:?}"
+                "diffusion g must be finite and > 0 on [0, T], got g = {self}"
             )))
         }
     }
