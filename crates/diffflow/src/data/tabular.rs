@@ -210,9 +210,18 @@ fn check_selection(columns: &[usize], cols: usize) -> Result<()> {
     Ok(())
 }
 
+/// Most bytes a `.gz` data file may inflate to (a "gzip bomb" of a few megabytes would
+/// otherwise fill the memory).
+pub const MAX_GUNZIP_BYTES: u64 = 4 << 30;
+
 fn gunzip(bytes: &[u8], name: &str) -> Result<Vec<u8>> {
+    gunzip_capped(bytes, name, MAX_GUNZIP_BYTES)
+}
+
+fn gunzip_capped(bytes: &[u8], name: &str, cap: u64) -> Result<Vec<u8>> {
     let mut out = Vec::new();
     flate2::read::MultiGzDecoder::new(bytes)
+        .take(cap + 1)
         .read_to_end(&mut out)
         .map_err(|e| {
             let what = if e.kind() == std::io::ErrorKind::UnexpectedEof {
@@ -222,6 +231,13 @@ fn gunzip(bytes: &[u8], name: &str) -> Result<Vec<u8>> {
             };
             Error::data(format!("{name}: {what}"))
         })?;
+    if out.len() as u64 > cap {
+        return Err(Error::data(format!(
+            "{name}: inflates to more than {cap} bytes ({} compressed); refused as a likely \
+             gzip bomb (decompress it yourself if it really is that large)",
+            bytes.len()
+        )));
+    }
     Ok(out)
 }
 
@@ -1233,6 +1249,22 @@ mod tests {
         bad[n - 6] ^= 0x55;
         let e = parse(&bad, "a.npy.gz", &opts()).unwrap_err().to_string();
         assert!(e.contains("a.npy.gz: corrupt gzip"), "{e}");
+        // A bomb: small compressed, huge inflated; refused at the cap without inflating more.
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        enc.write_all(&vec![b'0'; 1 << 20]).unwrap();
+        let bomb = enc.finish().unwrap();
+        assert!(bomb.len() < 4096);
+        let e = gunzip_capped(&bomb, "b.csv.gz", 1 << 16)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("b.csv.gz: inflates to more than 65536 bytes"),
+            "{e}"
+        );
+        assert_eq!(
+            gunzip_capped(&bomb, "b.csv.gz", 1 << 20).unwrap().len(),
+            1 << 20
+        );
         let e = parse(b"plain text", "a.csv.gz", &opts())
             .unwrap_err()
             .to_string();
