@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod nn;
 pub mod ode;
 pub mod optim;
+mod par;
 pub mod rng;
 pub mod sample;
 pub mod sde;

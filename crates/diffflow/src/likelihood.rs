@@ -20,12 +20,11 @@
 
 use crate::flow::{neg_elbo, DiffFlow, Steps};
 use crate::ode::{self, Method, Stats, Tolerances};
+use crate::par::par_map;
 use crate::rng::Rng;
 use crate::{Error, Result};
 use candle_core::{DType, Device, Tensor};
 use std::cmp::Ordering::Greater;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Mutex;
 
 /// Distribution of Hutchinson probes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -146,54 +145,6 @@ pub fn summarize(values: &[f64]) -> Summary {
 /// Nats per sample → bits per dimension: `/(d ln 2)`.
 pub fn bits_per_dim(nats: f64, d: usize) -> f64 {
     nats / (d as f64 * std::f64::consts::LN_2)
-}
-
-/// Runs `work(c)` for `c in 0..n` on up to `threads` threads (a shared queue), calling
-/// `done(c)` after each; results in index order. The first error stops the queue.
-fn par_map<O: Send>(
-    n: usize,
-    threads: usize,
-    work: &(dyn Fn(usize) -> Result<O> + Sync),
-) -> Result<Vec<O>> {
-    let threads = threads.clamp(1, n.max(1));
-    if threads == 1 {
-        return (0..n).map(work).collect();
-    }
-    let next = AtomicUsize::new(0);
-    let failed = AtomicBool::new(false);
-    let slots: Mutex<Vec<Option<Result<O>>>> = Mutex::new((0..n).map(|_| None).collect());
-    std::thread::scope(|scope| {
-        for _ in 0..threads {
-            scope.spawn(|| loop {
-                if failed.load(Ordering::Relaxed) {
-                    break;
-                }
-                let c = next.fetch_add(1, Ordering::Relaxed);
-                if c >= n {
-                    break;
-                }
-                let r = work(c);
-                if r.is_err() {
-                    failed.store(true, Ordering::Relaxed);
-                }
-                slots
-                    .lock()
-                    .expect("no worker panics while holding the lock")[c] = Some(r);
-            });
-        }
-    });
-    let slots = slots
-        .into_inner()
-        .map_err(|_| Error::config("worker panicked"))?;
-    let mut out = Vec::with_capacity(n);
-    for s in slots {
-        match s {
-            Some(r) => out.push(r?),
-            // Skipped after an earlier error, which the loop has returned by now.
-            None => return Err(Error::config("evaluation stopped by an earlier error")),
-        }
-    }
-    Ok(out)
 }
 
 /// Checks `x` [n, d]: a whole number of finite rows, n ≥ 1.

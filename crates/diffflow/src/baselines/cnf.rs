@@ -13,10 +13,11 @@
 //! probability-flow velocity `f − ½ g² s` is then `v`, so the library's samplers (λ = 0) and
 //! [`crate::likelihood::pf_ode_nll`] evaluate it unchanged (theorem 1's `g → 0` limit).
 
-use super::{draw_batch, par_pieces, sum_grads, NetOptimizer};
+use super::{draw_batch, sum_grads, NetOptimizer};
 use crate::config::{ModelKind, RunConfig, Weights};
 use crate::flow::{prior_nll, DiffFlow};
 use crate::nn::{Engine, Mlp, TimeNet};
+use crate::par::par_map;
 use crate::rng::{Rng, Stream};
 use crate::sde::fixed_grid;
 use crate::train::TrainData;
@@ -200,7 +201,7 @@ pub fn cnf_gradient(
             .collect::<Result<Vec<_>>>()?;
         Ok((value, grads))
     };
-    let parts = par_pieces(chunks, threads, &work)?;
+    let parts = par_map(chunks, threads, &work)?;
     let loss = parts.iter().map(|p| p.0).sum();
     Ok((loss, sum_grads(parts.into_iter().map(|p| p.1).collect())?))
 }

@@ -15,10 +15,11 @@
 //! `t_k = ε + (k + u_k)(1 − ε)/G`, `u_k ~ U[0, 1)` (stratified, so each batch covers the whole
 //! interval).
 
-use super::{draw_batch, par_pieces, sum_grads, NetOptimizer};
+use super::{draw_batch, sum_grads, NetOptimizer};
 use crate::config::{ModelKind, RunConfig, Weights};
 use crate::flow::DiffFlow;
 use crate::nn::{Engine, TimeNet};
+use crate::par::par_map;
 use crate::rng::{Rng, Stream};
 use crate::sde::Diffusion;
 use crate::train::TrainData;
@@ -268,7 +269,7 @@ pub fn eps_loss_gradient(
         engine.pullback(&r.affine(2.0 * sigma / b as f64, 0.0)?, true)?;
         Ok((loss / b as f64, engine.take_grads()?))
     };
-    let parts = par_pieces(g, threads, &work)?;
+    let parts = par_map(g, threads, &work)?;
     let loss = parts.iter().map(|p| p.0).sum();
     let grads = sum_grads(parts.into_iter().map(|p| p.1).collect())?;
     Ok((loss, grads))

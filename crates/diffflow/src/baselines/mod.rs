@@ -169,40 +169,6 @@ pub(crate) fn draw_batch(
     Ok(Tensor::from_vec(x0, (b, data.dim), &Device::Cpu)?.to_dtype(dtype)?)
 }
 
-/// Runs `work(c)` for `c in 0..n` on up to `threads` scoped threads; results in index order
-/// (so sums over them do not depend on `threads`).
-pub(crate) fn par_pieces<O: Send>(
-    n: usize,
-    threads: usize,
-    work: &(dyn Fn(usize) -> Result<O> + Sync),
-) -> Result<Vec<O>> {
-    let threads = threads.clamp(1, n.max(1));
-    if threads == 1 {
-        return (0..n).map(work).collect();
-    }
-    let mut out = Vec::with_capacity(n);
-    let ids: Vec<usize> = (0..n).collect();
-    for group in ids.chunks(threads) {
-        let results: Vec<Result<O>> = std::thread::scope(|scope| {
-            let handles: Vec<_> = group
-                .iter()
-                .map(|&c| scope.spawn(move || work(c)))
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join()
-                        .unwrap_or_else(|_| Err(Error::config("worker panicked")))
-                })
-                .collect()
-        });
-        for r in results {
-            out.push(r?);
-        }
-    }
-    Ok(out)
-}
-
 /// Element-wise sum of per-piece gradient lists, in piece order.
 pub(crate) fn sum_grads(parts: Vec<Vec<Tensor>>) -> Result<Vec<Tensor>> {
     let mut it = parts.into_iter();
