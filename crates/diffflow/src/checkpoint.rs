@@ -7,7 +7,7 @@
 //! single changed byte changes the hash (each FNV-1a step is a bijection of the state).
 
 use crate::{Error, Result};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Tensor, Var};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -310,14 +310,34 @@ pub fn net_tensors(net: &dyn crate::nn::TimeNet, prefix: &str) -> BTreeMap<Strin
 }
 
 /// Sets the parameters and buffers of `net` from `file`'s tensors named `prefix.` + name,
-/// checking every shape; values are converted to the net's dtype.
+/// checking every shape and dtype; values are converted to the net's dtype.
 pub fn load_net(
     net: &dyn crate::nn::TimeNet,
     prefix: &str,
     file: &TensorFile,
     path: &Path,
 ) -> Result<()> {
-    for (name, var) in net.vars().iter().chain(net.buffers()) {
+    load_vars(net.vars().iter().chain(net.buffers()), prefix, file, path)
+}
+
+/// Sets only the trainable parameters of `net` from tensors named `prefix.` + name, checked
+/// like [`load_net`].
+pub fn load_net_vars(
+    net: &dyn crate::nn::TimeNet,
+    prefix: &str,
+    file: &TensorFile,
+    path: &Path,
+) -> Result<()> {
+    load_vars(net.vars().iter(), prefix, file, path)
+}
+
+fn load_vars<'a>(
+    vars: impl Iterator<Item = &'a (String, Var)>,
+    prefix: &str,
+    file: &TensorFile,
+    path: &Path,
+) -> Result<()> {
+    for (name, var) in vars {
         let key = format!("{prefix}.{name}");
         let t = file.get(&key, path)?;
         if t.dims() != var.dims() {
@@ -336,31 +356,6 @@ pub fn load_net(
                 format!(
                     "tensor '{key}' has dtype {:?}, expected F32 or F64",
                     t.dtype()
-                ),
-            ));
-        }
-        var.set(&t.to_dtype(var.dtype())?)?;
-    }
-    Ok(())
-}
-
-/// Sets only the trainable parameters of `net` from tensors named `prefix.` + name.
-pub fn load_net_vars(
-    net: &dyn crate::nn::TimeNet,
-    prefix: &str,
-    file: &TensorFile,
-    path: &Path,
-) -> Result<()> {
-    for (name, var) in net.vars() {
-        let key = format!("{prefix}.{name}");
-        let t = file.get(&key, path)?;
-        if t.dims() != var.dims() {
-            return Err(Error::checkpoint(
-                path,
-                format!(
-                    "tensor '{key}' has shape {:?}, the configured network needs {:?}",
-                    t.dims(),
-                    var.dims()
                 ),
             ));
         }
