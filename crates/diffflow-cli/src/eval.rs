@@ -674,21 +674,10 @@ mod tests {
     /// NLL of the Gaussian it implies in original units, `N(m + S mu, S Sigma S)`.
     #[test]
     fn nll_in_original_units_includes_the_standardisation() {
-        let (a, b) = (0.7f64, -0.4f64);
-        let (sa, ca) = a.sin_cos();
-        let (sb, cb) = b.sin_cos();
-        // Rz(a) · Rx(b), row-major: an orthonormal basis.
-        let rz = [ca, -sa, 0.0, sa, ca, 0.0, 0.0, 0.0, 1.0];
-        let rx = [1.0, 0.0, 0.0, 0.0, cb, -sb, 0.0, sb, cb];
-        let mut u = [0.0; 9];
-        for i in 0..3 {
-            for j in 0..3 {
-                u[i * 3 + j] = (0..3).map(|k| rz[i * 3 + k] * rx[k * 3 + j]).sum();
-            }
-        }
         let (t0, t1) = (0.01, 0.6);
         let model =
-            GaussianFlow::new(&u, &[2.0, -1.0, 0.0], &[0.5, -0.3, 1.2], 0.6, t0, t1).unwrap();
+            GaussianFlow::spatial((0.7, -0.4), [2.0, -1.0, 0.0], [0.5, -0.3, 1.2], 0.6, t0, t1)
+                .unwrap();
         let flow = model.flow().unwrap();
         let (mu, sigma) = (model.mean_at(t0), model.cov_at(t0));
         let std = Standardizer {

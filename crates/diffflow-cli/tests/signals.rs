@@ -66,6 +66,29 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
+/// Resumes `run` up to `total` iterations and trains `config` uninterrupted for as long into
+/// `reference`: both end with the same `metrics.jsonl` and checkpoint bytes.
+fn assert_resumes_like_uninterrupted(run: &Path, config: &Path, reference: &Path, total: usize) {
+    let total = total.to_string();
+    for args in [
+        ["--resume", s(run), "--iters", &total].as_slice(),
+        &[
+            "--config",
+            s(config),
+            "--iters",
+            &total,
+            "--out",
+            s(reference),
+        ],
+    ] {
+        let out = train(args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{args:?}: {err}");
+    }
+    assert_eq!(read(run, METRICS_FILE), read(reference, METRICS_FILE));
+    assert_eq!(read(run, MODEL_FILE), read(reference, MODEL_FILE));
+}
+
 #[test]
 fn sigkill_at_random_moments_always_leaves_a_loadable_resumable_run() {
     let tmp = tempfile::tempdir().unwrap();
@@ -105,33 +128,8 @@ fn sigkill_at_random_moments_always_leaves_a_loadable_resumable_run() {
     assert!(steps.windows(2).all(|w| w[0] <= w[1]), "{steps:?}");
     // Finish 15 iterations past the last checkpoint: the run ends exactly as one of that
     // length that was never interrupted, with no temp file left.
-    let total = (steps[23] + 15).to_string();
-    let out = train(&["--resume", s(&run), "--iters", &total])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let reference = tmp.path().join("reference");
-    let out = train(&[
-        "--config",
-        s(&config),
-        "--iters",
-        &total,
-        "--out",
-        s(&reference),
-    ])
-    .output()
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(read(&run, METRICS_FILE), read(&reference, METRICS_FILE));
-    assert_eq!(read(&run, MODEL_FILE), read(&reference, MODEL_FILE));
+    assert_resumes_like_uninterrupted(&run, &config, &reference, steps[23] + 15);
     let mut names: Vec<String> = std::fs::read_dir(&run)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -182,29 +180,8 @@ fn sigint_and_sigterm_write_a_checkpoint_and_exit_130() {
         );
         // Resume for 12 more iterations; the result is byte-identical to a run of that
         // length that was never interrupted.
-        let total = (step + 12).to_string();
-        let out = train(&["--resume", s(&run), "--iters", &total])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
         let reference = tmp.path().join("reference");
-        let out = train(&[
-            "--config",
-            s(&config),
-            "--out",
-            s(&reference),
-            "--iters",
-            &total,
-        ])
-        .output()
-        .unwrap();
-        assert!(out.status.success());
-        assert_eq!(read(&run, METRICS_FILE), read(&reference, METRICS_FILE));
-        assert_eq!(read(&run, MODEL_FILE), read(&reference, MODEL_FILE));
+        assert_resumes_like_uninterrupted(&run, &config, &reference, step + 12);
     }
 }
 

@@ -123,6 +123,29 @@ impl GaussianFlow {
         Self::new(&[c, -s, s, c], &alpha, &mean, g, t0, t1)
     }
 
+    /// A 3-D model: basis `Rz(a) · Rx(b)` (rotations about the z and x axes), rates
+    /// `alpha`, data mean `mean`.
+    pub fn spatial(
+        (a, b): (f64, f64),
+        alpha: [f64; 3],
+        mean: [f64; 3],
+        g: f64,
+        t0: f64,
+        t1: f64,
+    ) -> Result<Self> {
+        let (sa, ca) = a.sin_cos();
+        let (sb, cb) = b.sin_cos();
+        let rz = [ca, -sa, 0.0, sa, ca, 0.0, 0.0, 0.0, 1.0];
+        let rx = [1.0, 0.0, 0.0, 0.0, cb, -sb, 0.0, sb, cb];
+        let mut u = [0.0; 9];
+        for i in 0..3 {
+            for j in 0..3 {
+                u[i * 3 + j] = (0..3).map(|k| rz[i * 3 + k] * rx[k * 3 + j]).sum();
+            }
+        }
+        Self::new(&u, &alpha, &mean, g, t0, t1)
+    }
+
     /// Data dimension.
     pub fn dim(&self) -> usize {
         self.dim

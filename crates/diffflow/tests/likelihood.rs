@@ -18,19 +18,15 @@ fn no_progress(_: usize) {}
 
 /// A 3-D model: rotated basis, one expanding, one contracting and one neutral direction.
 fn model_3d() -> GaussianFlow {
-    let (a, b) = (0.7f64, -0.4f64);
-    let (sa, ca) = a.sin_cos();
-    let (sb, cb) = b.sin_cos();
-    // Rz(a) · Rx(b), row-major.
-    let rz = [ca, -sa, 0.0, sa, ca, 0.0, 0.0, 0.0, 1.0];
-    let rx = [1.0, 0.0, 0.0, 0.0, cb, -sb, 0.0, sb, cb];
-    let mut u = [0.0; 9];
-    for i in 0..3 {
-        for j in 0..3 {
-            u[i * 3 + j] = (0..3).map(|k| rz[i * 3 + k] * rx[k * 3 + j]).sum();
-        }
-    }
-    GaussianFlow::new(&u, &[2.0, -1.0, 0.0], &[0.5, -0.3, 1.2], 0.6, 0.01, 0.6).unwrap()
+    GaussianFlow::spatial(
+        (0.7, -0.4),
+        [2.0, -1.0, 0.0],
+        [0.5, -0.3, 1.2],
+        0.6,
+        0.01,
+        0.6,
+    )
+    .unwrap()
 }
 
 fn model_2d() -> GaussianFlow {
