@@ -9,21 +9,17 @@
 //! validation split (10% held out for model selection) and is tested on MAF's test split,
 //! so its numbers are not comparable to published ones (trained on a ninth of the data).
 
-use crate::progress::TrainProgress;
+use crate::progress::{EvalBars, TrainProgress};
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use diffflow::baselines::cnf::{CnfTrainer, Trace};
-use diffflow::baselines::ddpm::EpsTrainer;
 use diffflow::checkpoint::atomic_write;
-use diffflow::config::{tabular_width, ModelKind, Preset, RunConfig, Weights};
+use diffflow::config::{tabular_width, ModelKind, Preset, RunConfig};
 use diffflow::data::source::{Dequantize, FileSource};
-use diffflow::flow::DiffFlow;
 use diffflow::gaussian::Gaussian;
-use diffflow::likelihood::{pf_ode_nll, summarize, NllOptions};
-use diffflow::nn::MlpConfig;
-use diffflow::rng::{Rng, Stream};
-use diffflow::sde::{Diffusion, GridKind, GridSpec, StepsSchedule};
-use diffflow::train::{load_run_file, TrainData, Trainer, BEST_FILE, CONFIG_FILE, MODEL_FILE};
+use diffflow::likelihood::{summarize, NllOptions};
+use diffflow::model::{Evaluation, Model, BEST_FILE, CONFIG_FILE, MODEL_FILE};
+use diffflow::train::budget::{fit_budget, process_cpu_seconds, Budget, BudgetPlan};
+use diffflow::train::{TrainData, Trainer};
 use diffflow::validation::ValidationConfig;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -59,13 +55,17 @@ pub struct BenchTabularArgs {
     /// Overwrite results already in the output folder.
     #[arg(long)]
     force: bool,
-    /// Models, comma-separated: gaussian, diffflow, ddpm, cnf.
-    #[arg(long, default_value = "gaussian,diffflow,ddpm,cnf")]
+    /// Models, comma-separated: gaussian, diffflow, ddpm-ls (or ddpm), cnf.
+    #[arg(long, default_value = "gaussian,diffflow,ddpm-ls,cnf")]
     models: String,
     /// Training budget of each baseline (DDPM, CNF) in CPU seconds (default: the CPU time
     /// DiffFlow's training took on the same data set: matched compute).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "baseline_iters")]
     baseline_cpu_seconds: Option<f64>,
+    /// Training budget of each baseline in iterations instead (deterministic: the same
+    /// numbers on any machine).
+    #[arg(long)]
+    baseline_iters: Option<usize>,
 }
 
 /// One data set of the benchmark.
@@ -135,10 +135,10 @@ struct Row {
 
 impl Row {
     /// Takes the test evaluation's figures.
-    fn record_test(&mut self, r: &crate::eval::Report) {
-        self.eval_seconds = r.seconds;
-        self.test_nll = Some(r.nll);
-        self.test_nll_stderr = Some(r.nll_stderr);
+    fn record_test(&mut self, r: &Evaluation) {
+        self.eval_seconds = r.seconds_nll + r.seconds_elbo;
+        self.test_nll = Some(r.nll.mean);
+        self.test_nll_stderr = Some(r.nll.stderr);
         self.test_points = r.n;
         self.nfe = Some(r.nfe);
     }
@@ -186,21 +186,9 @@ struct Results {
     rows: Vec<Row>,
 }
 
-/// CPU seconds (user + system, all threads) used by this process so far, from
-/// `/proc/self/stat` (Linux; 0 elsewhere).
+/// CPU seconds used by this process so far (0 where it cannot be read).
 fn cpu_seconds() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
-        return 0.0;
-    };
-    // Fields after the command name (which is in parentheses and may hold spaces).
-    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
-        return 0.0;
-    };
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name; in
-    // USER_HZ = 100 ticks per second on Linux.
-    let tick = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (tick(11) + tick(12)) / 100.0
+    process_cpu_seconds().unwrap_or(0.0)
 }
 
 fn load_average() -> String {
@@ -227,7 +215,7 @@ pub fn run(args: BenchTabularArgs) -> Result<()> {
         .with_context(|| format!("cannot create {}", args.out.display()))?;
     let threads = args
         .threads
-        .unwrap_or_else(crate::eval::default_threads)
+        .unwrap_or_else(diffflow::par::default_threads)
         .max(1);
     let mut results = Results {
         command: std::env::args().collect::<Vec<_>>().join(" "),
@@ -246,8 +234,8 @@ pub fn run(args: BenchTabularArgs) -> Result<()> {
         if let Some(n) = args.iters {
             cfg.train.iters = n;
         }
-        let data =
-            TrainData::from_config(&cfg).with_context(|| format!("cannot prepare {}", set.name))?;
+        let data = TrainData::from_config(&cfg.data, cfg.train.seed)
+            .with_context(|| format!("cannot prepare {}", set.name))?;
         let d = data.dim;
         cfg.model.net.width = tabular_width(d);
         cfg.data.train_size = data.len();
@@ -286,26 +274,33 @@ pub fn run(args: BenchTabularArgs) -> Result<()> {
         if wants("gaussian") {
             results.rows.push(gaussian_row(set.name, &data, test)?);
         }
-        let mut budget = args.baseline_cpu_seconds;
+        let mut budget = match (args.baseline_iters, args.baseline_cpu_seconds) {
+            (Some(i), _) => Some(Budget::Iters(i)),
+            (None, Some(s)) => Some(Budget::CpuSeconds(s)),
+            (None, None) => None,
+        };
         if wants("diffflow") {
             let out = args.out.join(set.name).join("diffflow");
             let row = diffflow_row(set.name, cfg.clone(), data.clone(), test, &out)?;
-            budget = budget.or(Some(row.train_cpu_seconds));
+            budget = budget.or(Some(Budget::CpuSeconds(row.train_cpu_seconds)));
             results.rows.push(row);
         }
-        for which in [Baseline::Ddpm, Baseline::Cnf] {
-            if !wants(which.key()) {
+        for kind in [ModelKind::DdpmLs, ModelKind::Cnf] {
+            if !wants(kind.key()) && !(kind == ModelKind::DdpmLs && wants("ddpm")) {
                 continue;
             }
             let Some(budget) = budget else {
-                bail!("the baselines need --baseline-cpu-seconds when diffflow is not run");
+                bail!(
+                    "the baselines need --baseline-cpu-seconds or --baseline-iters when \
+                     diffflow is not run"
+                );
             };
-            let bcfg = baseline_config(which, &cfg, d);
-            let row = match baseline_row(set.name, which, bcfg, &data, val, test, budget) {
+            let bcfg = baseline_config(kind, &cfg, d);
+            let row = match baseline_row(set.name, kind, bcfg, &data, val, test, budget) {
                 Ok(r) => r,
                 Err(e) => {
-                    eprintln!("   {}: {e:#}", which.name());
-                    let mut r = Row::new(set.name, which.name());
+                    eprintln!("   {}: {e:#}", kind.name());
+                    let mut r = Row::new(set.name, kind.name());
                     r.status = format!("failed: {e:#}");
                     r
                 }
@@ -398,222 +393,116 @@ fn diffflow_row(
     row.train_seconds = t0.elapsed().as_secs_f64();
     row.train_cpu_seconds = cpu_seconds() - c0;
     row.iters = Some(trainer.step);
-    let best = load_run_file(out, BEST_FILE, None)?;
+    let best = Model::load_file(&out.join(BEST_FILE), None)?;
     row.best_step = Some(best.step);
-    let cfg = &best.cfg;
-    let settings = crate::eval::Settings {
-        nll: NllOptions {
-            threads,
-            ..NllOptions::default()
-        },
-        t: vec![cfg.model.grid.t_min, cfg.model.grid.t_max],
-        elbo: None,
-        seed: cfg.train.seed,
-        progress: true,
-    };
-    let r = crate::eval::evaluate(&best.flow, &best.standardizer, test, &settings)?;
+    let r = test_nll(&best, test, threads)?;
     row.record_test(&r);
     eprintln!(
         "   DiffFlow: trained in {:.0} s; best checkpoint of iteration {}: test NLL {:.3} ± \
          {:.3} nats ({} points, NFE {:.0}, {:.0} s)",
-        row.train_seconds, best.step, r.nll, r.nll_stderr, r.n, r.nfe, r.seconds
+        row.train_seconds, best.step, r.nll.mean, r.nll.stderr, r.n, r.nfe, r.seconds_nll
     );
     Ok(row)
 }
 
-/// The project's baselines (issue 7), trained on the same data with matched parameters and
-/// compute.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Baseline {
-    /// DDPM on the VP SDE trained by the ε-prediction loss ("DDPM (L_s)").
-    Ddpm,
-    /// FFJORD-style CNF trained by maximum likelihood.
-    Cnf,
-}
-
-impl Baseline {
-    fn key(self) -> &'static str {
-        match self {
-            Baseline::Ddpm => "ddpm",
-            Baseline::Cnf => "cnf",
-        }
-    }
-
-    fn name(self) -> &'static str {
-        match self {
-            Baseline::Ddpm => "DDPM (L_s)",
-            Baseline::Cnf => "CNF",
-        }
-    }
-}
-
-/// One Fourier MLP like `base` whose width (a multiple of 8) brings its parameter count
-/// nearest to `target` for dimension `d`, with the time frequencies scaled from DiffFlow's
-/// `T = 0.05` to the baselines' `T = 1` (so that `c·t` spans the same range).
-fn one_net(base: &MlpConfig, d: usize, target: usize) -> MlpConfig {
-    let mut best = base.clone();
-    for w in (8..=4 * base.width).step_by(8) {
-        let c = MlpConfig {
-            width: w,
-            ..base.clone()
-        };
-        if c.num_params(d).abs_diff(target) < best.num_params(d).abs_diff(target) {
-            best = c;
-        }
-    }
-    best.freq_min *= 0.05;
-    best.freq_max *= 0.05;
-    best
+/// The probability-flow NLL of the test points (standardised, as the run's data holds them)
+/// in data units: Dormand–Prince 1e-5, exact divergence, the run's seed.
+fn test_nll(model: &Model, test: &[f64], threads: usize) -> Result<Evaluation> {
+    let mut x = test.to_vec();
+    model.standardizer.invert(&mut x);
+    let mut opts = model.default_eval(threads);
+    opts.elbo = None;
+    let bars = EvalBars::new(x.len() / model.dim());
+    let r = model.evaluate(&x, &opts, &|phase, k| bars.inc(phase, k))?;
+    bars.finish();
+    Ok(r)
 }
 
 /// The configuration of a baseline next to DiffFlow's `cfg` (same data, batch, optimiser,
-/// EMA, seed): one net with the parameters of DiffFlow's two; DDPM on the VP SDE on
-/// `[0.001, 1]`; the CNF on `[0, 1]` with 6 RK4 steps, a quarter of the batch and
-/// Hutchinson's trace in training (exact in evaluation).
-fn baseline_config(which: Baseline, cfg: &RunConfig, d: usize) -> RunConfig {
-    let mut c = cfg.clone();
-    c.model.net = one_net(&cfg.model.net, d, 2 * cfg.model.net.num_params(d));
+/// EMA, seed), by [`RunConfig::for_model`] and [`RunConfig::fit_to_data`]: one net with the
+/// parameters of DiffFlow's two; DDPM (L_s) on the VP SDE on `[0.001, 1]`; the CNF on
+/// `[0, 1]` with 6 RK4 steps, a quarter of the batch and Hutchinson's trace in training
+/// (exact in evaluation). The budget decays the learning rate; validation is the budget's.
+fn baseline_config(kind: ModelKind, cfg: &RunConfig, d: usize) -> RunConfig {
+    let mut c = cfg.clone().for_model(kind);
+    c.fit_to_data(d, true);
     c.train.validation = ValidationConfig::default();
-    c.train.lr_decay_every = 0; // set from the budget fraction
-    match which {
-        Baseline::Ddpm => {
-            c.model.kind = ModelKind::Ddpm;
-            c.model.g = Diffusion::vp_default();
-            c.model.grid = GridSpec {
-                t_min: 1e-3,
-                t_max: 1.0,
-                beta: 0.9,
-            };
-        }
-        Baseline::Cnf => {
-            c.model.kind = ModelKind::Cnf;
-            c.model.grid = GridSpec {
-                t_min: 0.0,
-                t_max: 1.0,
-                beta: 1.0,
-            };
-            c.train.steps = StepsSchedule::constant(6);
-            c.train.grid = GridKind::Fixed;
-            c.train.batch = cfg.train.batch.div_ceil(4);
-        }
-    }
+    c.train.lr_decay_every = 0;
     c
 }
 
 /// Validations of a baseline over its budget.
 const BASELINE_VALIDATIONS: usize = 5;
 
-/// Trains a baseline for `budget` CPU seconds (its validations not counted), the learning
+/// Trains a baseline for `budget` (CPU seconds: its validations not counted), the learning
 /// rate decayed ×0.9 ten times over the budget, validating the probability-flow NLL of the
 /// EMA weights on the validation points `val` at every fifth of the budget; the best is
 /// evaluated on the test points.
 fn baseline_row(
     set: &str,
-    which: Baseline,
+    kind: ModelKind,
     cfg: RunConfig,
     data: &TrainData,
     val: &[f64],
     test: &[f64],
-    budget: f64,
+    budget: Budget,
 ) -> Result<Row> {
-    enum Fit {
-        Eps(Box<EpsTrainer>),
-        Cnf(Box<CnfTrainer>),
-    }
-    let mut row = Row::new(set, which.name());
-    let mut fit = match which {
-        Baseline::Ddpm => Fit::Eps(Box::new(EpsTrainer::new(cfg.clone(), data.clone(), 10)?)),
-        Baseline::Cnf => Fit::Cnf(Box::new(CnfTrainer::new(
-            cfg.clone(),
-            data.clone(),
-            Trace::Hutchinson,
-        )?)),
-    };
-    let flow_of = |fit: &Fit| -> diffflow::Result<DiffFlow> {
-        match fit {
-            Fit::Eps(t) => t.sampling_flow(Weights::Ema),
-            Fit::Cnf(t) => t.sampling_flow(Weights::Ema),
-        }
-    };
-    row.params = flow_of(&fit)?.num_params();
+    let mut row = Row::new(set, kind.name());
+    let mut tr = Trainer::new(cfg.clone(), data.clone())?;
+    row.params = tr.flow.num_params();
     eprintln!(
-        "   {}: {} parameters, {budget:.0} CPU seconds of training, batch {}, width {}",
-        which.name(),
+        "   {}: {} parameters, {budget}, batch {}, width {}",
+        kind.name(),
         row.params,
         cfg.train.batch,
         cfg.model.net.width
     );
     let threads = cfg.train.threads;
-    let t = [cfg.model.grid.t_min, cfg.model.grid.t_max];
+    let plan = BudgetPlan {
+        budget,
+        lr_decay: 0.9,
+        lr_decays: 10,
+        stages: Vec::new(),
+        validations: BASELINE_VALIDATIONS,
+    };
     let opts = NllOptions {
         threads,
         ..NllOptions::default()
     };
-    let validate = |flow: &DiffFlow| -> Result<f64> {
-        let mut rng = Rng::stream(cfg.train.seed, Stream::Eval);
-        let nll = pf_ode_nll(flow, val, &t, &opts, &mut rng, &|_| {})?;
-        Ok(summarize(&nll.nll).mean)
-    };
-    let (mut cpu, mut wall, mut iters, mut done_vals) = (0.0, 0.0, 0usize, 0usize);
-    let mut best: Option<(f64, DiffFlow, usize)> = None;
-    while done_vals < BASELINE_VALIDATIONS {
-        let frac = cpu / budget;
-        let lr = cfg.train.lr * 0.9f64.powi((10.0 * frac.min(1.0)).floor() as i32);
-        let (w0, c0) = (Instant::now(), cpu_seconds());
-        let loss = match &mut fit {
-            Fit::Eps(t) => {
-                t.opt.lr = lr;
-                t.train_step()?.loss
-            }
-            Fit::Cnf(t) => {
-                t.opt.lr = lr;
-                t.train_step()?.loss
-            }
-        };
-        cpu += cpu_seconds() - c0;
-        wall += w0.elapsed().as_secs_f64();
-        iters += 1;
-        if !loss.is_finite() {
-            bail!("non-finite training loss at iteration {iters}");
-        }
-        let due = ((cpu / budget) * BASELINE_VALIDATIONS as f64).floor() as usize;
-        if due > done_vals {
-            done_vals = due.min(BASELINE_VALIDATIONS);
-            let flow = flow_of(&fit)?;
-            let v = validate(&flow)?;
-            let improved = best.as_ref().is_none_or(|b| v < b.0);
+    let name = kind.name();
+    let run = fit_budget(
+        &mut tr,
+        &plan,
+        cfg.train.lr,
+        val,
+        &opts,
+        &mut |_, _| Ok(true),
+        &mut |v| {
             eprintln!(
-                "   {}: iteration {iters}, {cpu:.0} CPU s: validation NLL {v:.4} (standardised){}",
-                which.name(),
-                if improved { ", best so far" } else { "" }
-            );
-            if improved {
-                best = Some((v, flow, iters));
-            }
-        }
-    }
-    row.train_seconds = wall;
-    row.train_cpu_seconds = cpu;
-    row.iters = Some(iters);
-    let (_, flow, best_iter) = best.expect("validated at least once");
+                "   {name}: iteration {}, {:.0} s: validation NLL {:.4} (standardised){}",
+                v.iters,
+                v.seconds,
+                v.nll,
+                if v.best { ", best so far" } else { "" }
+            )
+        },
+    )?;
+    row.train_seconds = run.seconds;
+    row.train_cpu_seconds = run.cpu_seconds;
+    row.iters = Some(run.iters);
+    let (flow, _, best_iter) = run
+        .best
+        .ok_or_else(|| anyhow::anyhow!("{name}: no validation was made"))?;
     row.best_step = Some(best_iter);
-    let settings = crate::eval::Settings {
-        nll: opts,
-        t: t.to_vec(),
-        elbo: None,
-        seed: cfg.train.seed,
-        progress: true,
-    };
-    let r = crate::eval::evaluate(&flow, &data.standardizer, test, &settings)?;
+    let mut model = tr.model(Some(diffflow::config::Weights::Ema))?;
+    model.flow = flow;
+    model.step = best_iter;
+    let r = test_nll(&model, test, threads)?;
     row.record_test(&r);
     eprintln!(
-        "   {}: {iters} iterations in {wall:.0} s ({cpu:.0} CPU s); best of iteration \
-         {best_iter}: test NLL {:.3} ± {:.3} nats (NFE {:.0}, {:.0} s)",
-        which.name(),
-        r.nll,
-        r.nll_stderr,
-        r.nfe,
-        r.seconds
+        "   {name}: {} iterations in {:.0} s ({:.0} CPU s); best of iteration {best_iter}: test \
+         NLL {:.3} ± {:.3} nats (NFE {:.0}, {:.0} s)",
+        run.iters, run.seconds, run.cpu_seconds, r.nll.mean, r.nll.stderr, r.nfe, r.seconds_nll
     );
     Ok(row)
 }

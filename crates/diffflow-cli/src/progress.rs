@@ -1,5 +1,6 @@
 //! Progress reporting for training: an indicatif bar on a terminal, periodic lines otherwise.
 
+use diffflow::model::Phase;
 use diffflow::train::{LogRecord, Observer, Restart, StepStats};
 use diffflow::validation::ValRecord;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -121,5 +122,64 @@ impl Observer for TrainProgress {
                 self.rate(r.step)
             );
         }
+    }
+}
+
+/// A bar of `len` points for one evaluation phase (hidden off a terminal or when `show` is
+/// false).
+fn points_bar(len: usize, msg: &str, show: bool) -> ProgressBar {
+    let pb = if show && std::io::stderr().is_terminal() {
+        ProgressBar::with_draw_target(Some(len as u64), ProgressDrawTarget::stderr())
+    } else {
+        ProgressBar::hidden()
+    };
+    pb.set_style(
+        ProgressStyle::with_template(
+            "{msg:5} {bar:30.cyan/blue} {pos}/{len} points, {elapsed} (ETA {eta})",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    pb.set_message(msg.to_string());
+    pb
+}
+
+/// Progress of an evaluation of `n` points: one bar for the NLL, then one for the ELBO.
+pub struct EvalBars {
+    nll: ProgressBar,
+    elbo: ProgressBar,
+}
+
+impl EvalBars {
+    /// Bars shown on a terminal.
+    pub fn new(n: usize) -> Self {
+        Self::with(n, true)
+    }
+
+    /// Bars shown on a terminal when `show`.
+    pub fn with(n: usize, show: bool) -> Self {
+        EvalBars {
+            nll: points_bar(n, "NLL", show),
+            elbo: points_bar(n, "ELBO", show),
+        }
+    }
+
+    /// `k` more points of `phase` done (the NLL bar is cleared when the ELBO starts).
+    pub fn inc(&self, phase: Phase, k: usize) {
+        match phase {
+            Phase::Nll => self.nll.inc(k as u64),
+            Phase::Elbo => {
+                if !self.nll.is_finished() {
+                    self.nll.finish_and_clear();
+                }
+                self.elbo.inc(k as u64)
+            }
+        }
+    }
+
+    /// Clears both bars.
+    pub fn finish(&self) {
+        self.nll.finish_and_clear();
+        self.elbo.finish_and_clear();
     }
 }

@@ -6,11 +6,9 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use diffflow::config::Weights;
 use diffflow::data::tabular::{self, Table};
-use diffflow::flow::Steps;
+use diffflow::model::{Checkpoint, Model, SampleGrid, Sampler};
 use diffflow::ode::{Method, Tolerances};
 use diffflow::rng::{Rng, Stream};
-use diffflow::sample::{sample_ode, sample_sde};
-use diffflow::sde::{fixed_grid, flexible_grid, GridSpec};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -28,7 +26,7 @@ pub struct SampleArgs {
     #[arg(long)]
     quantize: bool,
     /// Number of samples.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, alias = "samples", default_value_t = 10_000)]
     n: usize,
     /// Output file: .csv, .npy or .png (2-D: histogram and scatter), by its extension. A run
     /// on a data file writes all the columns it was trained on (constant ones filled in),
@@ -67,9 +65,13 @@ pub struct SampleArgs {
     /// Seed (default: the run's).
     #[arg(long)]
     seed: Option<u64>,
-    /// Rows processed at once.
-    #[arg(long, default_value_t = 5000)]
+    /// Rows processed at once (one ODE solve per piece; results depend on it, not on
+    /// --threads).
+    #[arg(long, default_value_t = diffflow::sample::SAMPLE_CHUNK)]
     chunk: usize,
+    /// Worker threads (default: all cores; results do not depend on it).
+    #[arg(long)]
+    threads: Option<usize>,
 }
 
 /// The output format, from the file's extension.
@@ -106,17 +108,22 @@ pub fn run(args: SampleArgs) -> Result<()> {
         .as_deref()
         .map(str::parse::<Weights>)
         .transpose()?;
-    let run = crate::eval::load_model(&args.run, args.checkpoint.as_deref(), weights)?;
+    let which = args
+        .checkpoint
+        .as_deref()
+        .map(str::parse::<Checkpoint>)
+        .transpose()?;
+    let model = Model::load(&args.run, which, weights)?;
     if args.quantize
-        && run
+        && model
             .columns
             .as_ref()
             .is_none_or(|c| c.dequantized.is_empty())
     {
         bail!("--quantize: the run has no dequantised columns");
     }
-    let cfg = &run.cfg;
-    let d = run.flow.dim();
+    let cfg = &model.cfg;
+    let d = model.dim();
     if format == Format::Png && d != 2 {
         bail!(
             "--out {}: a picture needs 2-D samples, the model has dimension {d} (use .csv or .npy)",
@@ -124,49 +131,16 @@ pub fn run(args: SampleArgs) -> Result<()> {
         );
     }
     let lambda = args.lambda.unwrap_or(cfg.sample.lambda);
-    if !(0.0..=1.0).contains(&lambda) {
-        bail!("--lambda must be in [0, 1], got {lambda}");
-    }
-    let n_steps = args
-        .steps
-        .unwrap_or(cfg.sample.steps.unwrap_or(cfg.train.steps.last()));
+    let n_steps = args.steps.unwrap_or(model.sample_n());
     if n_steps == 0 {
         bail!("--steps must be >= 1");
     }
-    let mut spec: GridSpec = cfg.model.grid;
-    let flexible = match args.grid.as_str() {
-        "fixed" => false,
-        "uniform" => {
-            spec.beta = 1.0;
-            false
-        }
-        "flexible" => true,
-        g => bail!("unknown --grid '{g}' (expected fixed, uniform or flexible)"),
-    };
-    if let Some(b) = args.beta {
-        spec.beta = b;
-    }
-    spec.validate()?;
+    let layout = args.grid.parse::<SampleGrid>()?;
     let seed = args.seed.unwrap_or(cfg.train.seed);
     let mut rng = Rng::stream(seed, Stream::Sample);
-    let t = if flexible {
-        flexible_grid(&spec, n_steps, &mut rng)
-    } else {
-        fixed_grid(&spec, n_steps)
-    };
-    let steps = Steps::new(t, &run.flow.diffusion);
-    let started = Instant::now();
-    let (x, how) = match args.solver.as_str() {
+    let steps = model.grid(n_steps, layout, args.beta, &mut rng)?;
+    let (sampler, how) = match args.solver.as_str() {
         "sde" => {
-            let x = sample_sde(
-                &run.flow,
-                args.n,
-                &steps,
-                lambda,
-                args.tweedie,
-                args.chunk,
-                &mut rng,
-            )?;
             let how = format!(
                 "SDE lambda = {lambda}, N = {n_steps}{}",
                 if args.tweedie {
@@ -175,7 +149,12 @@ pub fn run(args: SampleArgs) -> Result<()> {
                     ""
                 }
             );
-            (x, how)
+            let sampler = Sampler::Sde {
+                lambda,
+                steps,
+                tweedie: args.tweedie,
+            };
+            (sampler, how)
         }
         s => {
             let method = s.parse::<Method>().map_err(|_| {
@@ -189,40 +168,34 @@ pub fn run(args: SampleArgs) -> Result<()> {
                 atol: args.atol,
                 ..Tolerances::default()
             };
-            let (x, stats) = sample_ode(
-                &run.flow, args.n, &steps.t, method, &tol, args.chunk, &mut rng,
-            )?;
-            let nfe: usize = stats.iter().map(|s| s.nfe).sum();
             let how = if method.is_adaptive() {
-                format!("probability-flow ODE, {method}, {nfe} evaluations in all")
+                format!("probability-flow ODE, {method}")
             } else {
                 format!("probability-flow ODE, {method}, N = {n_steps}")
             };
-            (x, how)
+            let sampler = Sampler::Ode {
+                method,
+                t: steps.t,
+                tol,
+            };
+            (sampler, how)
         }
     };
+    let threads = args
+        .threads
+        .unwrap_or_else(diffflow::par::default_threads)
+        .max(1);
+    let started = Instant::now();
+    let samples = model.sample(args.n, &sampler, args.chunk, threads, &mut rng)?;
     let secs = started.elapsed().as_secs_f64();
-    let mut data = x.flatten_all()?.to_vec1::<f64>()?;
-    run.standardizer.invert(&mut data);
-    if let Some(i) = data.iter().position(|v| !v.is_finite()) {
-        bail!(
-            "sample {} has a non-finite coordinate: the model diverged (try more --steps)",
-            i / d
-        );
-    }
-    let (data, width, names) = match &run.columns {
-        Some(map) => {
-            if args.quantize {
-                for row in data.chunks_exact_mut(d) {
-                    for &k in &map.dequantized {
-                        row[k] = row[k].floor();
-                    }
-                }
-            }
-            (map.expand(&data), map.width, map.names.clone())
+    let how = match (&sampler, samples.stats.iter().map(|s| s.nfe).sum::<usize>()) {
+        (Sampler::Ode { method, .. }, nfe) if method.is_adaptive() => {
+            format!("{how}, {nfe} evaluations in all")
         }
-        None => (data, d, None),
+        _ => how,
     };
+    let (data, width) = model.file_rows(&samples.x, args.quantize)?;
+    let names = model.columns.as_ref().and_then(|c| c.names.clone());
     write(&args.out, format, &data, width, names, &how)
         .with_context(|| format!("cannot write {}", args.out.display()))?;
     eprintln!(

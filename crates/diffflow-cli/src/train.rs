@@ -5,17 +5,14 @@ use crate::progress::TrainProgress;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use diffflow::adjoint::GradMethod;
+use diffflow::baselines::cnf::Trace;
 use diffflow::checkpoint::atomic_write;
-use diffflow::config::{tabular_width, NanAction, Precision, Preset, RunConfig, Weights};
+use diffflow::config::{ModelKind, NanAction, Precision, Preset, RunConfig, Weights};
 use diffflow::data::source::{Dequantize, FileSource};
-use diffflow::flow::Steps;
-use diffflow::likelihood::{ElboOptions, NllOptions};
+use diffflow::model::{Model, BEST_FILE, CONFIG_FILE, MODEL_FILE};
 use diffflow::rng::{Rng, Stream};
-use diffflow::sde::{fixed_grid, Diffusion, GridKind, StepsSchedule};
-use diffflow::train::{
-    append_metrics, load_run_file, HeldOutRecord, TrainData, Trainer, BEST_FILE, CONFIG_FILE,
-    MODEL_FILE,
-};
+use diffflow::sde::{Diffusion, GridKind, StepsSchedule};
+use diffflow::train::Trainer;
 use diffflow::validation::ValMetric;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,6 +24,7 @@ pub const EXIT_INTERRUPTED: u8 = 130;
 
 /// Flags that define a run: they cannot be changed when resuming one.
 const RUN_FLAGS: &[&str] = &[
+    "model",
     "dataset",
     "preset",
     "config",
@@ -45,8 +43,10 @@ const RUN_FLAGS: &[&str] = &[
     "precision",
     "width",
     "depth",
-    "sample_weights",
+    "weights",
     "samples",
+    "eps_groups",
+    "cnf_trace",
     "checkpoint_every",
     "data",
     "columns",
@@ -91,10 +91,19 @@ pub struct TrainArgs {
     /// Iterations between checkpoints (0: only at the end).
     #[arg(long)]
     checkpoint_every: Option<usize>,
-    /// Built-in 2-D data set: olympic, rings, tree, sierpinski, sierpinski_hard, 2spirals,
-    /// checkerboard, 8gaussians, moons, pinwheel, swissroll.
-    #[arg(long, default_value = "rings")]
-    dataset: String,
+    /// The model: diffflow (learned drift and score, the trajectory loss), ddpm-l (the VP
+    /// SDE's frozen drift and an epsilon-net, trained by the same trajectory loss), ddpm-ls
+    /// (the same model trained by the epsilon loss) or cnf (an FFJORD-style continuous
+    /// normalizing flow trained by maximum likelihood). The baselines get the settings they
+    /// need (DDPM: the VP SDE on [0.001, 1]; CNF: the ODE on [0, 1], 6 RK4 steps, a quarter
+    /// of the batch) and one net with the parameters of DiffFlow's two; flags override them.
+    #[arg(long, value_name = "KIND", default_value = "diffflow")]
+    model: String,
+    /// Built-in 2-D data set (default rings): olympic, rings, tree, sierpinski,
+    /// sierpinski_hard, 2spirals, checkerboard, 8gaussians, moons, pinwheel, swissroll. With
+    /// --config, replaces the file's data set.
+    #[arg(long)]
+    dataset: Option<String>,
     /// Train on a data file instead of a built-in set: .csv, .tsv, .txt or .npy (f32/f64/int,
     /// C order), optionally .gz; one point per row. Constant columns are dropped, integer
     /// columns dequantised (see --dequantize), the rest standardised with statistics of the
@@ -173,7 +182,9 @@ pub struct TrainArgs {
     /// Time grid: fixed (L_beta) or flexible (random inner points per batch).
     #[arg(long)]
     grid: Option<String>,
-    /// Diffusion g: a constant ("0.2") or "linear:START:END".
+    /// Diffusion g(t): a constant ("0.2"); "linear:START:END" (linear in t from START at
+    /// t = 0 to END at t = T); "vp" (the VP SDE of DDPM, g = sqrt(beta(t)) with beta from 0.1
+    /// to 20 over [0, 1]); or "vp:BETA_MIN:BETA_MAX".
     #[arg(long)]
     g: Option<String>,
     /// Final time T.
@@ -203,39 +214,51 @@ pub struct TrainArgs {
     /// Worker threads (results do not depend on it).
     #[arg(long)]
     threads: Option<usize>,
-    /// Weights used for sampling: ema or live.
-    #[arg(long)]
-    sample_weights: Option<String>,
+    /// Weights used for sampling and evaluation: ema or live.
+    #[arg(long, alias = "sample-weights")]
+    weights: Option<String>,
     /// Number of samples drawn for samples.png.
     #[arg(long)]
     samples: Option<usize>,
+    /// DDPM (L_s): time groups per batch of the epsilon loss (default 10).
+    #[arg(long)]
+    eps_groups: Option<usize>,
+    /// CNF: divergence of the training solve, exact or hutchinson (default: exact up to 8
+    /// dimensions, hutchinson above).
+    #[arg(long, value_name = "exact|hutchinson")]
+    cnf_trace: Option<String>,
 }
 
 impl TrainArgs {
-    /// The run's configuration, and whether the width is still to be scaled with the data's
-    /// dimension (the tabular preset without --width).
+    /// The run's configuration, and whether the width is still to be chosen from the data's
+    /// dimension (the tabular preset without --width or --config). A baseline's net is sized
+    /// to DiffFlow's once the data are read (see [`start`]).
     fn config(&self) -> Result<(RunConfig, bool)> {
         let preset = match (&self.preset, &self.data) {
             (Some(p), _) => p.parse::<Preset>()?,
             (None, Some(_)) => Preset::Tabular,
             (None, None) => Preset::Quick,
         };
+        let dataset = self.dataset.as_deref().unwrap_or("rings");
         let mut c = match &self.config {
             Some(p) => {
                 let text = std::fs::read_to_string(p)
                     .with_context(|| format!("cannot read config {}", p.display()))?;
                 RunConfig::from_toml(&text).with_context(|| format!("config {}", p.display()))?
             }
-            None => RunConfig::preset(preset, &self.dataset),
+            None => RunConfig::preset(preset, dataset).for_model(self.model.parse::<ModelKind>()?),
         };
+        if self.config.is_some() && self.model != "diffflow" {
+            bail!("--model with --config: the model kind is the file's (model.kind)");
+        }
         if let Some(path) = &self.data {
             // Absolute, so that the run resumes and evaluates from any folder.
             let abs = std::fs::canonicalize(path)
                 .with_context(|| format!("cannot read --data {}", path.display()))?;
             c.data.dataset = data_name(&abs);
             c.data.file = Some(FileSource::new(abs));
-        } else if self.config.is_none() || self.dataset != "rings" {
-            c.data.dataset = self.dataset.clone();
+        } else if self.config.is_none() || self.dataset.is_some() {
+            c.data.dataset = dataset.to_string();
             c.data.file = None;
         }
         self.apply_file_flags(&mut c)?;
@@ -302,8 +325,14 @@ impl TrainArgs {
         if let Some(v) = self.noise {
             c.data.noise = Some(v);
         }
-        if let Some(v) = &self.sample_weights {
+        if let Some(v) = &self.weights {
             c.sample.weights = v.parse::<Weights>()?;
+        }
+        if let Some(v) = self.eps_groups {
+            c.train.eps_groups = v;
+        }
+        if let Some(v) = &self.cnf_trace {
+            c.train.cnf_trace = v.parse::<Trace>()?;
         }
         if let Some(v) = self.samples {
             c.sample.n = v;
@@ -312,12 +341,8 @@ impl TrainArgs {
             c.train.checkpoint_every = v;
         }
         self.apply_operational(&mut c)?;
-        c.validate()?;
-        let scale_width = c.data.file.is_some()
-            && self.config.is_none()
-            && preset == Preset::Tabular
-            && self.width.is_none();
-        Ok((c, scale_width))
+        let auto_width = self.config.is_none() && self.width.is_none();
+        Ok((c, auto_width && preset == Preset::Tabular))
     }
 
     /// The options of the data file (--columns … --test-fraction); they need a data file.
@@ -425,7 +450,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
         eprintln!("data: {note}");
     }
     eprintln!(
-        "training DiffFlow on {} ({} points, d = {}): {} parameters, {} iterations, batch {}, N = {}{}",
+        "training {} on {} ({} points, d = {}): {} parameters, {} iterations, batch {}, N = {}{}",
+        cfg.model.kind,
         cfg.data.dataset,
         trainer.data.len(),
         trainer.data.dim,
@@ -454,17 +480,19 @@ pub fn run(args: TrainArgs) -> Result<()> {
             return Err(e.into());
         }
         Err(e @ diffflow::Error::NonFinite { .. }) => {
-            return Err(match diffflow::train::load_run(&out, None) {
-                Ok(run) => anyhow::anyhow!(
-                    "{e}; the last good checkpoint (iteration {}) is in {}: continue from it \
+            return Err(
+                match Model::load(&out, Some(diffflow::model::Checkpoint::Last), None) {
+                    Ok(run) => anyhow::anyhow!(
+                        "{e}; the last good checkpoint (iteration {}) is in {}: continue from it \
                      with a smaller learning rate by `diffflow train --resume {} --on-nan \
                      restart` (see --nan-lr-factor)",
-                    run.step,
-                    out.display(),
-                    out.display()
-                ),
-                Err(_) => e.into(),
-            });
+                        run.step,
+                        out.display(),
+                        out.display()
+                    ),
+                    Err(_) => e.into(),
+                },
+            );
         }
         other => other?,
     }
@@ -553,14 +581,18 @@ fn data_name(path: &Path) -> String {
 
 /// A fresh run: configuration from the flags, a new output folder.
 fn start(args: &TrainArgs) -> Result<(Trainer, PathBuf)> {
-    let (mut cfg, scale_width) = args.config()?;
+    let (mut cfg, tabular_width) = args.config()?;
     let out = args
         .out
         .clone()
         .unwrap_or_else(|| PathBuf::from("runs").join(&cfg.data.dataset));
-    let data = build_data(&cfg)?;
-    if scale_width {
-        cfg.model.net.width = tabular_width(data.dim);
+    let data = cfg.training_data()?;
+    if tabular_width {
+        cfg.model.net.width = diffflow::config::tabular_width(data.dim);
+    }
+    cfg.fit_to_data(data.dim, args.config.is_none() && args.width.is_none());
+    if let Some(v) = &args.cnf_trace {
+        cfg.train.cnf_trace = v.parse::<Trace>()?;
     }
     if cfg.data.file.is_some() {
         // Recorded for people reading config.toml.
@@ -573,16 +605,10 @@ fn start(args: &TrainArgs) -> Result<(Trainer, PathBuf)> {
     Ok((Trainer::new(cfg, data)?, out))
 }
 
-/// The training data of a configuration: a fresh run and a resumed one must build them the
-/// same way (resume checks them against the checkpoint's standardisation).
-pub fn build_data(cfg: &RunConfig) -> diffflow::Result<TrainData> {
-    TrainData::from_config(cfg)
-}
-
 /// A resumed run: everything from the checkpoint in `dir`, the data regenerated from its
 /// configuration; only --iters, --threads and the --on-nan options may change.
 fn resume(args: &TrainArgs, dir: &Path) -> Result<(Trainer, PathBuf)> {
-    let mut trainer = Trainer::resume_with(dir, build_data)
+    let mut trainer = Trainer::resume_with(dir, RunConfig::training_data)
         .with_context(|| format!("cannot resume the run in {}", dir.display()))?;
     let before = trainer.cfg.clone();
     let mut cfg = before.clone();
@@ -630,61 +656,26 @@ fn install_stop_handler() -> Result<Arc<AtomicBool>> {
 /// Held-out points evaluated at the end of training.
 const HELD_OUT_POINTS: usize = 2000;
 
-/// Probability-flow NLL and negative ELBO of (up to 2000) held-out points with the sampling
-/// weights of the best checkpoint (with validation) or the final model, appended to
-/// `metrics.jsonl` as a [`HeldOutRecord`].
+/// Probability-flow NLL and (not for a CNF) negative ELBO of (up to 2000) held-out points
+/// with the sampling weights of the best checkpoint (with validation) or the final model,
+/// appended to `metrics.jsonl`.
 fn write_held_out(trainer: &Trainer, out: &Path) -> Result<()> {
-    let d = trainer.data.dim;
-    let n = (trainer.data.test.len() / d).min(HELD_OUT_POINTS);
-    if n == 0 {
+    let bars = crate::progress::EvalBars::new(trainer.data.test.len() / trainer.data.dim.max(1));
+    let Some((rec, ev)) =
+        trainer.evaluate_held_out(out, HELD_OUT_POINTS, &|phase, k| bars.inc(phase, k))?
+    else {
         return Ok(());
-    }
-    let cfg = &trainer.cfg;
-    let (flow, model_step) = match trainer.validation_state().best {
-        Some(_) if out.join(BEST_FILE).exists() => {
-            let run = load_run_file(out, BEST_FILE, None)?;
-            (run.flow, Some(run.step))
-        }
-        _ => (trainer.sampling_flow(cfg.sample.weights)?, None),
     };
-    let threads = cfg.train.threads;
-    let settings = crate::eval::Settings {
-        nll: NllOptions {
-            threads,
-            ..NllOptions::default()
-        },
-        t: vec![cfg.model.grid.t_min, cfg.model.grid.t_max],
-        elbo: Some((
-            crate::eval::elbo_steps(cfg, &flow, None),
-            ElboOptions {
-                threads,
-                ..ElboOptions::default()
-            },
-        )),
-        seed: cfg.train.seed,
-        progress: true,
+    bars.finish();
+    let elbo = match ev.elbo {
+        Some(e) => format!(", negative ELBO {:.4} ± {:.4} nats", e.mean, e.stderr),
+        None => String::new(),
     };
-    let x = &trainer.data.test[..n * d];
-    let r = crate::eval::evaluate(&flow, &trainer.data.standardizer, x, &settings)?;
-    let rec = HeldOutRecord {
-        step: trainer.step,
-        test_nll: r.nll,
-        test_nll_stderr: r.nll_stderr,
-        test_nll_standardised: r.nll_standardised,
-        test_bits_per_dim: r.bits_per_dim,
-        test_elbo: r.elbo.unwrap_or(f64::NAN),
-        test_elbo_stderr: r.elbo_stderr.unwrap_or(f64::NAN),
-        test_elbo_standardised: r.elbo_standardised.unwrap_or(f64::NAN),
-        test_points: n,
-        nfe: r.nfe,
-        weights: cfg.sample.weights,
-        model_step,
-    };
-    append_metrics(out, &rec)?;
     eprintln!(
-        "held-out ({n} points{}): NLL {:.4} ± {:.4} nats in data units ({:.4} bits/dim; {:.4} \
-         standardised), negative ELBO {:.4} ± {:.4} nats, NFE {:.0}, {:.1} s",
-        match model_step {
+        "held-out ({} points{}): NLL {:.4} ± {:.4} nats in data units ({:.4} bits/dim; {:.4} \
+         standardised){elbo}, NFE {:.0}, {:.1} s",
+        rec.test_points,
+        match rec.model_step {
             Some(s) => format!(", best checkpoint of iteration {s}"),
             None => String::new(),
         },
@@ -692,33 +683,28 @@ fn write_held_out(trainer: &Trainer, out: &Path) -> Result<()> {
         rec.test_nll_stderr,
         rec.test_bits_per_dim,
         rec.test_nll_standardised,
-        rec.test_elbo,
-        rec.test_elbo_stderr,
-        r.nfe,
-        r.seconds
+        ev.nfe,
+        ev.seconds_nll + ev.seconds_elbo
     );
     Ok(())
 }
 
-/// Draws `cfg.sample.n` points with the configured sampler and writes `samples.png`: data
-/// (held-out points) beside samples, in data units.
+/// Draws `cfg.sample.n` points with the run's sampler on the worker threads and writes
+/// `samples.png`: data (held-out points) beside samples, in data units.
 fn write_samples(trainer: &Trainer, out: &Path) -> Result<()> {
     let cfg = &trainer.cfg;
-    let flow = trainer.sampling_flow(cfg.sample.weights)?;
-    let n_steps = cfg.sample.steps.unwrap_or(cfg.train.steps.last());
-    let steps = Steps::new(fixed_grid(&cfg.model.grid, n_steps), &flow.diffusion);
+    let model = trainer.model(None)?;
     let mut rng = Rng::stream(cfg.train.seed, Stream::Sample);
-    let x = diffflow::sample::sample(
-        &flow,
-        cfg.sample.n,
-        &steps,
-        cfg.sample.lambda,
-        5000,
-        &mut rng,
-    )?;
+    let samples = model
+        .sample(
+            cfg.sample.n,
+            &model.default_sampler(),
+            diffflow::sample::SAMPLE_CHUNK,
+            cfg.train.threads,
+            &mut rng,
+        )?
+        .x;
     let d = trainer.data.dim;
-    let mut samples = x.flatten_all()?.to_vec1::<f64>()?;
-    trainer.data.standardizer.invert(&mut samples);
     let mut data = if trainer.data.test.is_empty() {
         trainer.data.train[..trainer.data.train.len().min(d * cfg.sample.n)].to_vec()
     } else {
@@ -753,8 +739,10 @@ fn write_samples(trainer: &Trainer, out: &Path) -> Result<()> {
         },
         Panel {
             title: format!(
-                "DiffFlow samples ({}, N = {n_steps}, lambda = {})",
+                "{} samples ({}, N = {}, lambda = {})",
+                cfg.model.kind,
                 samples.len() / 2,
+                model.sample_n(),
                 cfg.sample.lambda
             ),
             points: &samples,

@@ -73,7 +73,7 @@ fn quick_compare_writes_every_file_with_finite_numbers() {
     for ds in datasets {
         let models = ds["models"].as_array().unwrap();
         let keys: Vec<&str> = models.iter().map(|m| m["key"].as_str().unwrap()).collect();
-        assert_eq!(keys, ["diffflow", "ddpm_l", "ddpm_ls", "cnf"]);
+        assert_eq!(keys, ["diffflow", "ddpm-l", "ddpm-ls", "cnf"]);
         for m in models {
             assert!(m["iters"].as_u64().unwrap() == 12, "{m}");
             assert!(m["nll"].as_f64().is_some());

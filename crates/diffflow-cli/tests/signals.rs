@@ -3,10 +3,11 @@
 //! uninterrupted one; Ctrl-C (SIGINT) and SIGTERM write a checkpoint and exit with 130.
 
 use diffflow::config::{Preset, RunConfig};
+use diffflow::model::{Checkpoint, Model};
 use diffflow::nn::MlpConfig;
 use diffflow::rng::Rng;
 use diffflow::sde::StepsSchedule;
-use diffflow::train::{load_run, TrainData, Trainer, METRICS_FILE, MODEL_FILE};
+use diffflow::train::{TrainData, Trainer, METRICS_FILE, MODEL_FILE};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -112,7 +113,8 @@ fn sigkill_at_random_moments_always_leaves_a_loadable_resumable_run() {
         });
         mid_write += usize::from(temp);
         // The folder loads and resumes, whatever the moment of the kill.
-        let loaded = load_run(&run, None).unwrap_or_else(|e| panic!("kill {kill}: {e}"));
+        let loaded = Model::load(&run, Some(Checkpoint::Last), None)
+            .unwrap_or_else(|e| panic!("kill {kill}: {e}"));
         let trainer = Trainer::resume_with(&run, |c| TrainData::toy(&c.data, c.train.seed))
             .unwrap_or_else(|e| panic!("kill {kill}: {e}"));
         assert_eq!(trainer.step, loaded.step);
@@ -171,7 +173,9 @@ fn sigint_and_sigterm_write_a_checkpoint_and_exit_130() {
         let out = child.wait_with_output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(130), "{signal}: {stderr}");
-        let step = load_run(&run, None).unwrap().step;
+        let step = Model::load(&run, Some(Checkpoint::Last), None)
+            .unwrap()
+            .step;
         assert!(step >= 10, "{signal}: checkpoint at {step}");
         assert!(
             stderr.contains(&format!("interrupted at step {step}"))

@@ -234,27 +234,11 @@ pub fn engine_adjoint_gradient(
         let e = noise.narrow(1, lo, hi - lo)?;
         adjoint_chunk(fe.as_mut(), se.as_mut(), &x, steps, &e, weight)
     };
-    let threads = threads.clamp(1, chunks);
-    let mut parts: Vec<Result<Gradient>> = Vec::with_capacity(chunks);
-    if threads == 1 {
-        parts.extend(bounds.iter().map(|&r| run(r)));
-    } else {
-        for group in bounds.chunks(threads) {
-            std::thread::scope(|scope| {
-                let handles: Vec<_> = group.iter().map(|&r| scope.spawn(move || run(r))).collect();
-                for h in handles {
-                    parts.push(
-                        h.join()
-                            .unwrap_or_else(|_| Err(Error::config("gradient worker panicked"))),
-                    );
-                }
-            });
-        }
-    }
+    let parts = crate::par::par_map(chunks, threads, &|c| run(bounds[c]))?;
     let mut it = parts.into_iter();
-    let mut total = it.next().expect("at least one chunk")?;
+    let mut total = it.next().ok_or_else(|| Error::data("empty batch"))?;
     for p in it {
-        total = total.add(p?)?;
+        total = total.add(p)?;
     }
     Ok(total)
 }

@@ -33,6 +33,9 @@ pub enum Error {
     /// Training was interrupted by the user.
     #[error("interrupted at step {step}")]
     Interrupted { step: usize },
+    /// A worker thread panicked (a bug): its message.
+    #[error("a worker thread panicked: {0}")]
+    WorkerPanic(String),
 }
 
 /// Result alias with the library's error.

@@ -82,6 +82,20 @@ impl DiffFlow {
             .unwrap_or(DType::F32)
     }
 
+    /// The device of the parameters (that of the first drift or score parameter or buffer,
+    /// else the CPU).
+    pub fn device(&self) -> candle_core::Device {
+        self.drift
+            .vars()
+            .iter()
+            .chain(self.score.vars())
+            .chain(self.drift.buffers())
+            .chain(self.score.buffers())
+            .next()
+            .map(|(_, v)| v.device().clone())
+            .unwrap_or(candle_core::Device::Cpu)
+    }
+
     /// Total number of trainable parameters.
     pub fn num_params(&self) -> usize {
         self.drift.num_params() + self.score.num_params()

@@ -9,6 +9,9 @@ use candle_core::{DType, Device, Tensor};
 
 mod fused;
 
+/// Rows sampled at once by default (one piece of [`sample_sde`]'s loop).
+pub const SAMPLE_CHUNK: usize = 5000;
+
 /// One Euler–Maruyama step of (16) from `x_{i+1}` to `x_i`:
 /// `x_i = x_{i+1} − [f − ((1+λ²)/2) g_{i+1}² s] Δt_i + λ g_{i+1} √Δt_i η_i`.
 /// Shapes: all [B, d]; `eta` is ignored when λ = 0.
@@ -97,7 +100,7 @@ pub fn sample(
     chunk: usize,
     rng: &mut Rng,
 ) -> Result<Tensor> {
-    sample_threads(flow, n, steps, lambda, chunk, rng, 1)
+    sample_sde(flow, n, steps, lambda, false, chunk, 1, rng)
 }
 
 /// [`sample`] with `threads` workers (see [`reverse_trajectory_threads`]); the samples do not
@@ -111,29 +114,7 @@ pub fn sample_threads(
     rng: &mut Rng,
     threads: usize,
 ) -> Result<Tensor> {
-    let d = flow.dim();
-    let dtype = flow.dtype();
-    let mut out = Vec::new();
-    let mut done = 0;
-    while done < n {
-        let b = chunk.max(1).min(n - done);
-        let z = Tensor::from_vec(rng.normals(b * d), (b, d), &Device::Cpu)?.to_dtype(dtype)?;
-        let noise = if lambda != 0.0 {
-            let k = steps.n();
-            let mut per_step = vec![Vec::new(); k];
-            for i in (0..k).rev() {
-                per_step[i] = rng.normals(b * d);
-            }
-            let flat: Vec<f64> = per_step.into_iter().flatten().collect();
-            Some(Tensor::from_vec(flat, (k, b, d), &Device::Cpu)?.to_dtype(dtype)?)
-        } else {
-            None
-        };
-        let states = reverse_trajectory_threads(flow, &z, steps, lambda, noise.as_ref(), threads)?;
-        out.push(states[0].to_dtype(DType::F64)?);
-        done += b;
-    }
-    Ok(Tensor::cat(&out, 0)?)
+    sample_sde(flow, n, steps, lambda, false, chunk, threads, rng)
 }
 
 /// Tweedie's denoising step (paper 4.3), taken instead of the sampler's last step
@@ -157,8 +138,9 @@ fn draw(
     n_steps: usize,
     lambda: f64,
     dtype: DType,
+    device: &Device,
 ) -> Result<(Tensor, Option<Tensor>)> {
-    let z = Tensor::from_vec(rng.normals(b * d), (b, d), &Device::Cpu)?.to_dtype(dtype)?;
+    let z = Tensor::from_vec(rng.normals(b * d), (b, d), device)?.to_dtype(dtype)?;
     if lambda == 0.0 {
         return Ok((z, None));
     }
@@ -167,7 +149,7 @@ fn draw(
         per_step[i] = rng.normals(b * d);
     }
     let flat: Vec<f64> = per_step.into_iter().flatten().collect();
-    let noise = Tensor::from_vec(flat, (n_steps, b, d), &Device::Cpu)?.to_dtype(dtype)?;
+    let noise = Tensor::from_vec(flat, (n_steps, b, d), device)?.to_dtype(dtype)?;
     Ok((z, Some(noise)))
 }
 
@@ -175,7 +157,9 @@ fn draw(
 /// (chosen freely at sampling time), the last step optionally replaced by
 /// [`tweedie_step`]. Draws the same numbers from `rng` as [`sample`] (with or without the
 /// Tweedie step, whose last noise is drawn and unused), so without it the result equals
-/// [`sample`]'s. Rows are processed in pieces of at most `chunk`.
+/// [`sample`]'s. Rows are processed in pieces of at most `chunk`, each on `threads` workers
+/// (see [`reverse_trajectory_threads`]; the samples do not depend on `threads`).
+#[allow(clippy::too_many_arguments)]
 pub fn sample_sde(
     flow: &DiffFlow,
     n: usize,
@@ -183,6 +167,7 @@ pub fn sample_sde(
     lambda: f64,
     tweedie: bool,
     chunk: usize,
+    threads: usize,
     rng: &mut Rng,
 ) -> Result<Tensor> {
     if !(0.0..=1.0).contains(&lambda) {
@@ -191,13 +176,17 @@ pub fn sample_sde(
         )));
     }
     let (d, dtype, k) = (flow.dim(), flow.dtype(), steps.n());
+    let device = flow.device();
     let mut out = Vec::new();
     let mut done = 0;
     while done < n {
         let b = chunk.max(1).min(n - done);
-        let (z, noise) = draw(rng, b, d, k, lambda, dtype)?;
+        let (z, noise) = draw(rng, b, d, k, lambda, dtype, &device)?;
+        let reverse = |st: &Steps, z: &Tensor, e: Option<&Tensor>| -> Result<Tensor> {
+            Ok(reverse_trajectory_threads(flow, z, st, lambda, e, threads)?.swap_remove(0))
+        };
         let x0 = if !tweedie {
-            reverse_trajectory(flow, &z, steps, lambda, noise.as_ref())?.swap_remove(0)
+            reverse(steps, &z, noise.as_ref())?
         } else {
             // Steps N … 2 as usual, down to x_1; then the Tweedie step to t_0.
             let x1 = if k >= 2 {
@@ -206,7 +195,7 @@ pub fn sample_sde(
                     Some(e) => Some(e.narrow(0, 1, k - 1)?),
                     None => None,
                 };
-                reverse_trajectory(flow, &z, &upper, lambda, upper_noise.as_ref())?.swap_remove(0)
+                reverse(&upper, &z, upper_noise.as_ref())?
             } else {
                 z
             };
@@ -229,8 +218,10 @@ pub fn pf_velocity(f: &Tensor, s: &Tensor, g: f64) -> Result<Tensor> {
 /// `t = T` down to `t_0` with an ODE solver: Euler or RK4 along the grid `t` (increasing,
 /// stepped from its end), Dormand–Prince adaptively between its ends. The state is f64 (the
 /// nets run in their own precision). Draws the prior like [`sample`] with λ = 0; rows in
-/// pieces of at most `chunk`, each its own solve. Returns the samples and the solver's costs
-/// per piece.
+/// pieces of at most `chunk`, each its own solve, `threads` solves at once (the priors are
+/// drawn first, in piece order, so the samples do not depend on `threads`). Returns the
+/// samples and the solver's costs per piece.
+#[allow(clippy::too_many_arguments)]
 pub fn sample_ode(
     flow: &DiffFlow,
     n: usize,
@@ -238,20 +229,22 @@ pub fn sample_ode(
     method: crate::ode::Method,
     tol: &crate::ode::Tolerances,
     chunk: usize,
+    threads: usize,
     rng: &mut Rng,
 ) -> Result<(Tensor, Vec<crate::ode::Stats>)> {
-    let (d, dtype) = (flow.dim(), flow.dtype());
+    let (d, dtype, device) = (flow.dim(), flow.dtype(), flow.device());
     let ts: Vec<f64> = t.iter().rev().copied().collect();
-    let mut fe = flow.drift.engine()?;
-    let mut se = flow.score.engine()?;
-    let mut out = Vec::new();
-    let mut stats = Vec::new();
-    let mut done = 0;
-    while done < n {
-        let b = chunk.max(1).min(n - done);
-        let mut y = rng.normals(b * d);
+    let chunk = chunk.max(1);
+    let pieces: Vec<Vec<f64>> = (0..n.div_ceil(chunk))
+        .map(|p| rng.normals(chunk.min(n - p * chunk) * d))
+        .collect();
+    let solve = |p: usize| -> Result<(Vec<f64>, crate::ode::Stats)> {
+        let mut y = pieces[p].clone();
+        let b = y.len() / d;
+        let mut fe = flow.drift.engine()?;
+        let mut se = flow.score.engine()?;
         let mut rhs = |t: f64, y: &[f64], dy: &mut [f64]| -> Result<()> {
-            let x = Tensor::from_slice(y, (b, d), &Device::Cpu)?.to_dtype(dtype)?;
+            let x = Tensor::from_slice(y, (b, d), &device)?.to_dtype(dtype)?;
             let f = fe.eval(&x, t)?;
             let s = se.eval(&x, t)?;
             let v = pf_velocity(&f, &s, flow.diffusion.at(t))?;
@@ -259,9 +252,15 @@ pub fn sample_ode(
             dy.copy_from_slice(&v);
             Ok(())
         };
-        stats.push(crate::ode::solve(method, &mut rhs, &mut y, &ts, tol, d)?);
-        out.push(Tensor::from_vec(y, (b, d), &Device::Cpu)?);
-        done += b;
+        let stats = crate::ode::solve(method, &mut rhs, &mut y, &ts, tol, d)?;
+        Ok((y, stats))
+    };
+    let solved = crate::par::par_map(pieces.len(), threads, &solve)?;
+    let mut out = Vec::with_capacity(n * d);
+    let mut stats = Vec::with_capacity(solved.len());
+    for (y, s) in solved {
+        out.extend_from_slice(&y);
+        stats.push(s);
     }
-    Ok((Tensor::cat(&out, 0)?, stats))
+    Ok((Tensor::from_vec(out, (n, d), &device)?, stats))
 }

@@ -8,11 +8,10 @@
 //! comes from the same seed at every validation, so that successive values differ by the
 //! model only.
 
-use crate::config::RunConfig;
 use crate::flow::{DiffFlow, Steps};
 use crate::likelihood::{neg_elbo_mc, pf_ode_nll, summarize, ElboOptions, NllOptions, Summary};
 use crate::rng::{Rng, Stream};
-use crate::sde::fixed_grid;
+use crate::sde::{fixed_grid, GridSpec};
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 
@@ -175,16 +174,23 @@ pub struct ValRecord {
     pub best_step: usize,
 }
 
-/// The validation metric of `flow` on `x` [n, d] (standardised units), per `cfg`.
-pub fn measure(flow: &DiffFlow, x: &[f64], cfg: &RunConfig) -> Result<Summary> {
-    let v = &cfg.train.validation;
-    let threads = cfg.train.threads;
-    let mut rng = Rng::stream(cfg.train.seed, Stream::Eval);
+/// The validation metric `v.metric` of `flow` on `x` [n, d] (standardised units): the
+/// negative ELBO on the fixed grid `grid` with `elbo_n` steps, or the probability-flow NLL
+/// on `[grid.t_min, grid.t_max]`; noise from the seed's evaluation stream.
+pub fn measure(
+    flow: &DiffFlow,
+    x: &[f64],
+    v: &ValidationConfig,
+    grid: &GridSpec,
+    elbo_n: usize,
+    seed: u64,
+    threads: usize,
+) -> Result<Summary> {
+    let mut rng = Rng::stream(seed, Stream::Eval);
     let quiet = |_: usize| {};
     let values = match v.metric {
         ValMetric::Elbo => {
-            let n = cfg.sample.steps.unwrap_or(cfg.train.steps.last());
-            let steps = Steps::new(fixed_grid(&cfg.model.grid, n), &flow.diffusion);
+            let steps = Steps::new(fixed_grid(grid, elbo_n), &flow.diffusion);
             let opts = ElboOptions {
                 trajectories: v.trajectories,
                 chunk: 256,
@@ -197,8 +203,7 @@ pub fn measure(flow: &DiffFlow, x: &[f64], cfg: &RunConfig) -> Result<Summary> {
                 threads,
                 ..NllOptions::default()
             };
-            let t = [cfg.model.grid.t_min, cfg.model.grid.t_max];
-            pf_ode_nll(flow, x, &t, &opts, &mut rng, &quiet)?.nll
+            pf_ode_nll(flow, x, &[grid.t_min, grid.t_max], &opts, &mut rng, &quiet)?.nll
         }
     };
     Ok(summarize(&values))

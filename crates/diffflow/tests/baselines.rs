@@ -3,17 +3,16 @@
 use candle_core::{DType, Device, Tensor, Var};
 use diffflow::adjoint::{adjoint_gradient, naive_gradient};
 use diffflow::baselines::cnf::{cnf_gradient, cnf_nll, velocity_divergence, ZeroField};
-use diffflow::baselines::ddpm::{
-    eps_loss_gradient, group_times, EpsScore, EpsTrainer, VpDrift, VpSchedule,
-};
-use diffflow::config::{ModelKind, Precision, Preset, RunConfig};
+use diffflow::baselines::ddpm::{eps_loss_gradient, group_times, EpsScore, VpDrift, VpSchedule};
+use diffflow::config::{ModelKind, Precision, Preset, RunConfig, Weights};
 use diffflow::flow::{forward_trajectory, DiffFlow, Steps};
 use diffflow::likelihood::{pf_ode_nll, NllOptions};
+use diffflow::model::{Checkpoint, Model};
 use diffflow::nn::{Activation, Mlp, MlpConfig, TimeNet};
 use diffflow::ode::Method;
 use diffflow::rng::Rng;
 use diffflow::sde::{fixed_grid, Diffusion, GridSpec, StepsSchedule};
-use diffflow::train::{load_run, Silent, TrainData, Trainer};
+use diffflow::train::{Silent, TrainData, Trainer};
 
 fn small(act: Activation) -> MlpConfig {
     MlpConfig {
@@ -424,37 +423,122 @@ fn tiny_config(kind: ModelKind) -> RunConfig {
 }
 
 #[test]
-fn ddpm_configs_train_save_and_load() {
-    // DDPM (L) through the ordinary Trainer, saved and loaded back as a run folder.
-    let cfg = tiny_config(ModelKind::Ddpm);
-    let text = cfg.to_toml().unwrap();
-    assert!(text.contains("kind = \"ddpm\""), "{text}");
-    assert_eq!(RunConfig::from_toml(&text).unwrap(), cfg);
-    let data = TrainData::toy(&cfg.data, 0).unwrap();
-    let mut tr = Trainer::new(cfg.clone(), data.clone()).unwrap();
+fn every_kind_trains_saves_loads_samples_and_evaluates() {
     let dir = tempfile::tempdir().unwrap();
-    tr.run(Some(dir.path()), &mut Silent, None).unwrap();
-    let run = load_run(dir.path(), Some(diffflow::config::Weights::Live)).unwrap();
-    assert_eq!(run.cfg.model.kind, ModelKind::Ddpm);
-    let x = tensor(vec![0.1, 0.2, -0.3, 0.4], &[2, 2]);
-    let a = vec2(&run.flow.score.forward(&x, 0.5).unwrap());
-    let b = vec2(&tr.flow.score.forward(&x, 0.5).unwrap());
-    assert_eq!(a, b);
-    // DDPM (L_s): the ε-loss trainer.
-    let mut eps = EpsTrainer::new(cfg.clone(), data.clone(), 4).unwrap();
-    for _ in 0..3 {
-        let s = eps.train_step().unwrap();
-        assert!(s.loss.is_finite() && s.grad_norm > 0.0);
+    for kind in ModelKind::ALL {
+        let mut cfg = tiny_config(kind);
+        if kind == ModelKind::DiffFlow {
+            cfg.model.g = Diffusion::Constant { value: 0.5 };
+        }
+        if kind == ModelKind::Cnf {
+            cfg.sample.lambda = 0.0;
+            cfg.train.steps = StepsSchedule::constant(2);
+        }
+        cfg.train.eps_groups = 4;
+        let text = cfg.to_toml().unwrap();
+        assert!(
+            text.contains(&format!("kind = \"{}\"", kind.key())) || kind == ModelKind::DiffFlow
+        );
+        assert_eq!(RunConfig::from_toml(&text).unwrap(), cfg);
+        let data = TrainData::toy(&cfg.data, 0).unwrap();
+        let mut tr = Trainer::new(cfg.clone(), data.clone()).unwrap();
+        let run_dir = dir.path().join(kind.key());
+        std::fs::create_dir_all(&run_dir).unwrap();
+        tr.run(Some(&run_dir), &mut Silent, None).unwrap();
+        assert_eq!(tr.step, 3, "{kind}");
+        // Saved and loaded back: the same nets.
+        let m = Model::load(&run_dir, Some(Checkpoint::Last), Some(Weights::Live)).unwrap();
+        assert_eq!(m.kind(), kind);
+        let x = tensor(vec![0.1, 0.2, -0.3, 0.4], &[2, 2]);
+        for (a, b) in [
+            (m.flow.drift.as_ref(), tr.flow.drift.as_ref()),
+            (m.flow.score.as_ref(), tr.flow.score.as_ref()),
+        ] {
+            assert_eq!(
+                vec2(&a.forward(&x, 0.5).unwrap()),
+                vec2(&b.forward(&x, 0.5).unwrap())
+            );
+        }
+        // Sampled and evaluated in data units, the same way for every kind.
+        let mut rng = Rng::new(1);
+        let s = m.sample(7, &m.default_sampler(), 4, 2, &mut rng).unwrap();
+        assert_eq!(s.x.len(), 14);
+        let held = m.held_out(false).unwrap();
+        let opts = m.default_eval(1);
+        assert_eq!(opts.elbo.is_some(), kind != ModelKind::Cnf);
+        let ev = m.evaluate(&held[..2 * 5], &opts, &|_, _| {}).unwrap();
+        assert!(ev.nll.mean.is_finite() && ev.n == 5, "{kind}: {ev:?}");
+        let sde = |lambda: f64, tweedie: bool| diffflow::model::Sampler::Sde {
+            lambda,
+            steps: m.elbo_steps(Some(3)),
+            tweedie,
+        };
+        if kind == ModelKind::Cnf {
+            // A CNF has no noise: λ ≠ 0, Tweedie and the ELBO are refused, not computed.
+            for (l, tw) in [(1.0, false), (0.5, false), (0.0, true)] {
+                let e = m
+                    .sample(3, &sde(l, tw), 4, 1, &mut rng)
+                    .unwrap_err()
+                    .to_string();
+                assert!(e.contains("CNF is deterministic"), "{e}");
+            }
+            assert!(m.sample(3, &sde(0.0, false), 4, 1, &mut rng).is_ok());
+            let e = m
+                .elbo(
+                    &held[..2],
+                    &m.elbo_steps(None),
+                    &Default::default(),
+                    &mut rng,
+                    &|_| {},
+                )
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("CNF has no ELBO"), "{e}");
+            let mut bad = cfg.clone();
+            bad.sample.lambda = 1.0;
+            assert!(bad
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("sample.lambda"));
+        } else {
+            assert!(m.sample(3, &sde(0.5, true), 4, 1, &mut rng).is_ok());
+            let e = m.elbo(
+                &held[..2],
+                &m.elbo_steps(None),
+                &Default::default(),
+                &mut rng,
+                &|_| {},
+            );
+            assert!(e.unwrap()[0].is_finite());
+        }
     }
-    assert!(EpsTrainer::new(cfg.clone(), data.clone(), 0).is_err());
-    // The wrong kinds are refused.
-    assert!(EpsTrainer::new(tiny_config(ModelKind::DiffFlow), data.clone(), 4).is_err());
-    assert!(Trainer::new(tiny_config(ModelKind::Cnf), data.clone()).is_err());
-    let mut bad = tiny_config(ModelKind::Ddpm);
+    // A DDPM needs the VP diffusion and an interval whose end is near the prior.
+    let mut bad = tiny_config(ModelKind::DdpmLs);
     bad.model.g = Diffusion::Constant { value: 0.2 };
     let err = bad.validate().unwrap_err().to_string();
     assert!(err.contains("vp"), "{err}");
-    // Configurations written before the model kind existed still parse (as DiffFlow).
+    let mut bad = tiny_config(ModelKind::DdpmL);
+    bad.model.grid.t_max = 0.05;
+    let err = bad.validate().unwrap_err().to_string();
+    assert!(err.contains("T = 0.05") && err.contains("alpha_T"), "{err}");
+    let mut bad = tiny_config(ModelKind::DdpmLs);
+    bad.train.eps_groups = 0;
+    assert!(bad
+        .validate()
+        .unwrap_err()
+        .to_string()
+        .contains("eps_groups"));
+    // Configurations written before the DDPM kinds split ("ddpm") read as DDPM (L); those
+    // written before the model kind existed as DiffFlow.
+    let text = tiny_config(ModelKind::DdpmL)
+        .to_toml()
+        .unwrap()
+        .replace("kind = \"ddpm-l\"", "kind = \"ddpm\"");
+    assert_eq!(
+        RunConfig::from_toml(&text).unwrap().model.kind,
+        ModelKind::DdpmL
+    );
     let old = RunConfig::preset(Preset::Quick, "rings").to_toml().unwrap();
     assert!(!old.contains("kind = \"diffflow\""));
     assert_eq!(

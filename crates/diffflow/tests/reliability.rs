@@ -2,10 +2,11 @@
 
 use diffflow::checkpoint::{self, TensorFile};
 use diffflow::config::{NanAction, Preset, RunConfig};
+use diffflow::model::{Checkpoint, Model};
 use diffflow::nn::MlpConfig;
 use diffflow::sde::StepsSchedule;
 use diffflow::train::{
-    load_run, Observer, Restart, Silent, StepStats, TrainData, Trainer, METRICS_FILE, MODEL_FILE,
+    Observer, Restart, Silent, StepStats, TrainData, Trainer, METRICS_FILE, MODEL_FILE,
 };
 use diffflow::Error;
 use std::path::Path;
@@ -83,7 +84,12 @@ fn interrupted_and_resumed_run_is_byte_identical() {
                 matches!(err, Error::Interrupted { step } if step == k),
                 "{err}"
             );
-            assert_eq!(load_run(dir.path(), None).unwrap().step, k);
+            assert_eq!(
+                Model::load(dir.path(), Some(Checkpoint::Last), None)
+                    .unwrap()
+                    .step,
+                k
+            );
             // A fresh process: everything comes back from the folder.
             tr = Trainer::resume(dir.path(), data(&cfg)).unwrap();
             assert_eq!(tr.step, k);
@@ -193,7 +199,7 @@ fn divergence_stops_with_step_and_quantity_and_keeps_last_good_checkpoint() {
     );
     assert!(err.to_string().contains(&format!("at step {step}")));
     // The checkpoint on disk is the last good one (iteration 25), complete and finite.
-    let run = load_run(dir.path(), None).unwrap();
+    let run = Model::load(dir.path(), Some(Checkpoint::Last), None).unwrap();
     assert_eq!(run.step, 25);
     // And it is exactly the checkpoint a run without the jump writes at 25 (same bytes but
     // for the stored configuration: compare the tensors).
@@ -293,7 +299,12 @@ fn divergence_restart_gives_up_after_max_restarts() {
     assert!(err.to_string().contains("after 2 restarts"), "{err}");
     assert_eq!(obs.0.len(), 2);
     assert_eq!(obs.0[1].lr_scale, 0.25);
-    assert_eq!(load_run(dir.path(), None).unwrap().step, 25);
+    assert_eq!(
+        Model::load(dir.path(), Some(Checkpoint::Last), None)
+            .unwrap()
+            .step,
+        25
+    );
 }
 
 /// A finished tiny run's checkpoint: its tensors and metadata.
@@ -313,7 +324,9 @@ fn good_run() -> (tempfile::TempDir, TensorFile) {
 fn load_modified(file: &TensorFile) -> String {
     let dir = tempfile::tempdir().unwrap();
     checkpoint::write(&dir.path().join(MODEL_FILE), &file.tensors, &file.metadata).unwrap();
-    let load = load_run(dir.path(), None).err().map(|e| e.to_string());
+    let load = Model::load(dir.path(), Some(Checkpoint::Last), None)
+        .err()
+        .map(|e| e.to_string());
     let resume = Trainer::resume(dir.path(), data(&tiny()))
         .err()
         .map(|e| e.to_string());
@@ -327,7 +340,7 @@ fn load_modified(file: &TensorFile) -> String {
 fn load_bytes(bytes: &[u8]) -> String {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join(MODEL_FILE), bytes).unwrap();
-    let err = load_run(dir.path(), None)
+    let err = Model::load(dir.path(), Some(Checkpoint::Last), None)
         .err()
         .expect("refused")
         .to_string();
@@ -520,7 +533,10 @@ fn hostile_checkpoints_are_clear_errors() {
     std::fs::write(&p, raw).unwrap();
     check(
         "no checksum",
-        load_run(dir2.path(), None).err().unwrap().to_string(),
+        Model::load(dir2.path(), Some(Checkpoint::Last), None)
+            .err()
+            .unwrap()
+            .to_string(),
         "no content checksum",
     );
     println!("{}", report.join("\n"));

@@ -83,7 +83,17 @@ fn sde_samples_match_the_target_for_lambda_0_half_1() {
     // Euler–Maruyama bias is O(Δt): with 1000 steps it is far below the sampling error.
     let steps = uniform_steps(&m, 1000);
     for lambda in [0.0, 0.5, 1.0] {
-        let x = sample_sde(&flow, 20_000, &steps, lambda, false, 2000, &mut Rng::new(3)).unwrap();
+        let x = sample_sde(
+            &flow,
+            20_000,
+            &steps,
+            lambda,
+            false,
+            2000,
+            1,
+            &mut Rng::new(3),
+        )
+        .unwrap();
         assert_moments(
             &rows(&x),
             &m.mean_at(t0),
@@ -104,8 +114,17 @@ fn ode_samplers_match_the_target() {
         atol: 1e-8,
         ..Tolerances::default()
     };
-    let (rk4, _) =
-        sample_ode(&flow, 20_000, &t, Method::Rk4, &tol, 5000, &mut Rng::new(4)).unwrap();
+    let (rk4, _) = sample_ode(
+        &flow,
+        20_000,
+        &t,
+        Method::Rk4,
+        &tol,
+        5000,
+        1,
+        &mut Rng::new(4),
+    )
+    .unwrap();
     assert_moments(&rows(&rk4), &m.mean_at(t0), &m.cov_at(t0), "rk4");
     let (dp, stats) = sample_ode(
         &flow,
@@ -114,6 +133,7 @@ fn ode_samplers_match_the_target() {
         Method::Dopri5,
         &tol,
         5000,
+        1,
         &mut Rng::new(4),
     )
     .unwrap();
@@ -139,7 +159,7 @@ fn sample_sde_without_tweedie_is_sample() {
     let steps = uniform_steps(&m, 7);
     for lambda in [0.0, 0.3, 1.0] {
         let a = sample(&flow, 50, &steps, lambda, 16, &mut Rng::new(1)).unwrap();
-        let b = sample_sde(&flow, 50, &steps, lambda, false, 16, &mut Rng::new(1)).unwrap();
+        let b = sample_sde(&flow, 50, &steps, lambda, false, 16, 1, &mut Rng::new(1)).unwrap();
         assert_eq!(rows(&a), rows(&b));
     }
 }
@@ -153,8 +173,8 @@ fn tweedie_step_removes_exactly_the_last_noise() {
     let flow = m.flow().unwrap();
     let (n, k, d) = (20_000, 5, 2);
     let steps = uniform_steps(&m, k);
-    let em = rows(&sample_sde(&flow, n, &steps, 1.0, false, n, &mut Rng::new(8)).unwrap());
-    let tw = rows(&sample_sde(&flow, n, &steps, 1.0, true, n, &mut Rng::new(8)).unwrap());
+    let em = rows(&sample_sde(&flow, n, &steps, 1.0, false, n, 1, &mut Rng::new(8)).unwrap());
+    let tw = rows(&sample_sde(&flow, n, &steps, 1.0, true, n, 1, &mut Rng::new(8)).unwrap());
     let mut rng = Rng::new(8);
     for _ in 0..k {
         rng.normals(n * d); // z, then the noises of steps N−1 … 1
@@ -254,6 +274,6 @@ fn lambda_out_of_range_is_an_error() {
     let flow = m.flow().unwrap();
     let steps = uniform_steps(&m, 3);
     for lambda in [-0.1, 1.5, f64::NAN] {
-        assert!(sample_sde(&flow, 4, &steps, lambda, false, 4, &mut Rng::new(0)).is_err());
+        assert!(sample_sde(&flow, 4, &steps, lambda, false, 4, 1, &mut Rng::new(0)).is_err());
     }
 }

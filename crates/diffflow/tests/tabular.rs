@@ -4,12 +4,12 @@
 use diffflow::checkpoint;
 use diffflow::config::{Preset, RunConfig};
 use diffflow::data::source::FileSource;
+use diffflow::model::{Checkpoint, Model};
 use diffflow::nn::MlpConfig;
 use diffflow::rng::Rng;
 use diffflow::sde::StepsSchedule;
 use diffflow::train::{
-    load_run, load_run_file, Observer, Silent, StepStats, TrainData, Trainer, BEST_FILE,
-    METRICS_FILE, MODEL_FILE,
+    Observer, Silent, StepStats, TrainData, Trainer, BEST_FILE, METRICS_FILE, MODEL_FILE,
 };
 use diffflow::Error;
 use std::path::{Path, PathBuf};
@@ -54,7 +54,7 @@ fn cfg(path: &Path) -> RunConfig {
 }
 
 fn data(c: &RunConfig) -> TrainData {
-    TrainData::from_config(c).unwrap()
+    c.training_data().unwrap()
 }
 
 fn read(dir: &Path, f: &str) -> Vec<u8> {
@@ -86,7 +86,7 @@ fn run_with_stops(c: &RunConfig, dir: &Path, stops: &[usize]) -> Trainer {
             matches!(err, Error::Interrupted { step } if step == k),
             "{err}"
         );
-        tr = Trainer::resume_with(dir, TrainData::from_config).unwrap();
+        tr = Trainer::resume_with(dir, RunConfig::training_data).unwrap();
         assert_eq!(tr.step, k);
     }
     tr.run(Some(dir), &mut Silent, None).unwrap();
@@ -145,7 +145,7 @@ fn file_run_with_validation_resumes_byte_identically() {
     let metrics = String::from_utf8(read(full.path(), METRICS_FILE)).unwrap();
     let val_lines = metrics.lines().filter(|l| l.contains("val_metric")).count();
     assert_eq!(val_lines, 4, "validations at 10, 20, 30, 40:\n{metrics}");
-    let best = load_run_file(full.path(), BEST_FILE, None).unwrap();
+    let best = Model::load(full.path(), Some(Checkpoint::Best), None).unwrap();
     assert_eq!(best.step, vs.best_step);
     assert_eq!(best.columns, tr.data.columns);
     // Stops inside a logging interval (7), at a validation (20), at a validation that is
@@ -184,9 +184,16 @@ fn early_stopping_ends_the_run_and_survives_resume() {
     assert!(vs.stopped, "{vs:?}");
     assert!(tr.step < 40 && tr.is_complete());
     assert_eq!(vs.since_best, 2);
-    assert_eq!(load_run(full.path(), None).unwrap().step, tr.step);
     assert_eq!(
-        load_run_file(full.path(), BEST_FILE, None).unwrap().step,
+        Model::load(full.path(), Some(Checkpoint::Last), None)
+            .unwrap()
+            .step,
+        tr.step
+    );
+    assert_eq!(
+        Model::load(full.path(), Some(Checkpoint::Best), None)
+            .unwrap()
+            .step,
         vs.best_step
     );
     // Resuming a stopped run trains no further.
@@ -241,7 +248,10 @@ fn validation_needs_validation_points_and_hostile_column_maps_are_refused() {
         file.metadata
             .insert("state".into(), state.replace(from, to));
         checkpoint::write(&dir.path().join(MODEL_FILE), &file.tensors, &file.metadata).unwrap();
-        let e = load_run(dir.path(), None).err().unwrap().to_string();
+        let e = Model::load(dir.path(), Some(Checkpoint::Last), None)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(
             e.contains(want) && e.contains(MODEL_FILE),
             "{from} -> {to}: {e}"

@@ -2,9 +2,10 @@
 //! byte for byte, checkpoints load back.
 
 use diffflow::config::{Precision, Preset, RunConfig, Weights};
+use diffflow::model::{Checkpoint, Model};
 use diffflow::nn::MlpConfig;
 use diffflow::sde::StepsSchedule;
-use diffflow::train::{load_run, Silent, TrainData, Trainer, METRICS_FILE, MODEL_FILE};
+use diffflow::train::{Silent, TrainData, Trainer, METRICS_FILE, MODEL_FILE};
 
 fn tiny(dataset: &str) -> RunConfig {
     let mut c = RunConfig::preset(Preset::Quick, dataset);
@@ -70,7 +71,7 @@ fn same_seed_same_bytes_and_checkpoint_loads() {
     assert_ne!(read(&dirs[0], MODEL_FILE), read(&other, MODEL_FILE));
     // Loads back with either weights.
     for w in [Weights::Live, Weights::Ema] {
-        let run = load_run(dirs[0].path(), Some(w)).unwrap();
+        let run = Model::load(dirs[0].path(), Some(Checkpoint::Last), Some(w)).unwrap();
         assert_eq!(run.step, 60);
         assert_eq!(run.flow.dim(), 2);
     }
@@ -107,6 +108,9 @@ fn f64_training_runs() {
 #[test]
 fn missing_checkpoint_is_a_clear_error() {
     let d = tempfile::tempdir().unwrap();
-    let err = load_run(d.path(), None).err().unwrap().to_string();
+    let err = Model::load(d.path(), Some(Checkpoint::Last), None)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("model.safetensors"), "{err}");
 }

@@ -4,14 +4,13 @@
 
 use super::models::Trained;
 use anyhow::Result;
-use candle_core::{DType, Device, Tensor};
-use diffflow::data::Standardizer;
+use candle_core::{DType, Tensor};
 use diffflow::flow::{forward_trajectory, Steps};
 use diffflow::likelihood::{ElboOptions, NllOptions};
 use diffflow::metrics::{sample_metrics, MetricOptions, SampleMetrics};
+use diffflow::model::{EvalOptions, Sampler};
 use diffflow::ode::{self, Method, Tolerances};
 use diffflow::rng::{Rng, Stream};
-use diffflow::sample::{sample_ode, sample_sde};
 use diffflow::sde::fixed_grid;
 use serde::Serialize;
 use std::time::Instant;
@@ -70,42 +69,41 @@ pub struct ModelReport {
     pub lambdas: Vec<(f64, SampleMetrics)>,
 }
 
+/// Rows per sampling piece.
+const CHUNK: usize = 2500;
+
 /// `n` samples of `m` in data units: SDE(λ) with `steps` steps on the model's fixed grid,
 /// or, for the CNF, RK4 on the probability-flow ODE (= `dx = v dt`) along the same grid.
 pub fn draw(
     m: &Trained,
-    std: &Standardizer,
     n: usize,
     steps: usize,
     lambda: f64,
     seed: u64,
+    threads: usize,
 ) -> Result<Vec<f64>> {
-    let grid = fixed_grid(&m.cfg.model.grid, steps);
+    let model = &m.model;
+    let grid = fixed_grid(&model.cfg.model.grid, steps);
     let mut rng = Rng::stream(seed, Stream::Sample);
-    let x = if m.which.is_diffusion() {
-        let st = Steps::new(grid, &m.flow.diffusion);
-        sample_sde(&m.flow, n, &st, lambda, false, 2500, &mut rng)?
+    let sampler = if m.kind.is_diffusion() {
+        Sampler::Sde {
+            lambda,
+            steps: Steps::new(grid, &model.flow.diffusion),
+            tweedie: false,
+        }
     } else {
-        sample_ode(
-            &m.flow,
-            n,
-            &grid,
-            Method::Rk4,
-            &Tolerances::default(),
-            2500,
-            &mut rng,
-        )?
-        .0
+        Sampler::Ode {
+            method: Method::Rk4,
+            t: grid,
+            tol: Tolerances::default(),
+        }
     };
-    let mut v = x.flatten_all()?.to_vec1::<f64>()?;
-    std.invert(&mut v);
-    Ok(v)
+    Ok(model.sample(n, &sampler, CHUNK, threads, &mut rng)?.x)
 }
 
-/// Evaluates `m`: NLL/ELBO on `test` (standardised), samples against `fresh` (data units).
+/// Evaluates `m`: NLL/ELBO on `test` (data units), samples against `fresh` (data units).
 pub fn evaluate(
     m: &Trained,
-    std: &Standardizer,
     test: &[f64],
     fresh: &[f64],
     plan: &EvalPlan,
@@ -113,20 +111,19 @@ pub fn evaluate(
 ) -> Result<ModelReport> {
     let d = 2;
     let n = (test.len() / d).min(plan.nll_points);
-    let grid = &m.cfg.model.grid;
-    let elbo = if m.which.is_diffusion() {
-        Some((
-            Steps::new(fixed_grid(grid, plan.elbo_n), &m.flow.diffusion),
+    let model = &m.model;
+    let grid = &model.cfg.model.grid;
+    let elbo = m.kind.is_diffusion().then(|| {
+        (
+            Steps::new(fixed_grid(grid, plan.elbo_n), &model.flow.diffusion),
             ElboOptions {
                 trajectories: plan.elbo_trajectories,
                 chunk: 256,
                 threads: plan.threads,
             },
-        ))
-    } else {
-        None
-    };
-    let settings = crate::eval::Settings {
+        )
+    });
+    let opts = EvalOptions {
         nll: NllOptions {
             threads: plan.threads,
             tol: Tolerances {
@@ -139,51 +136,57 @@ pub fn evaluate(
         t: vec![grid.t_min, grid.t_max],
         elbo,
         seed: plan.seed,
-        progress: false,
     };
-    let r = crate::eval::evaluate(&m.flow, std, &test[..n * d], &settings)?;
+    let r = model.evaluate(&test[..n * d], &opts, &|_, _| {})?;
     log(&format!(
         "  {}: NLL {:.3} ± {:.3} nats (NFE {:.0}, {:.1} s){}",
-        m.which.name(),
-        r.nll,
-        r.nll_stderr,
+        m.kind.name(),
+        r.nll.mean,
+        r.nll.stderr,
         r.nfe,
         r.seconds_nll,
         match r.elbo {
-            Some(e) => format!(", negative ELBO {e:.3} ({:.1} s)", r.seconds_elbo),
+            Some(e) => format!(", negative ELBO {:.3} ({:.1} s)", e.mean, r.seconds_elbo),
             None => String::new(),
         }
     ));
     let t0 = Instant::now();
-    let x = draw(m, std, plan.samples, plan.sample_n, 1.0, plan.seed)?;
+    let x = draw(m, plan.samples, plan.sample_n, 1.0, plan.seed, plan.threads)?;
     let sample_seconds = t0.elapsed().as_secs_f64();
     let metrics = sample_metrics(&x, fresh, d, &plan.metrics)?;
     let mut steps = Vec::new();
     let mut lambdas = Vec::new();
-    if m.which.is_diffusion() {
+    if m.kind.is_diffusion() {
         for &ns in &plan.sweep_ns {
-            let x = draw(m, std, plan.sweep_samples, ns, 1.0, plan.seed)?;
+            let x = draw(m, plan.sweep_samples, ns, 1.0, plan.seed, plan.threads)?;
             steps.push((ns, sample_metrics(&x, fresh, d, &plan.metrics)?));
         }
         for &l in &plan.lambdas {
-            let x = draw(m, std, plan.lambda_samples, plan.sample_n, l, plan.seed)?;
+            let x = draw(
+                m,
+                plan.lambda_samples,
+                plan.sample_n,
+                l,
+                plan.seed,
+                plan.threads,
+            )?;
             lambdas.push((l, sample_metrics(&x, fresh, d, &plan.metrics)?));
         }
     }
     Ok(ModelReport {
-        model: m.which.name().to_string(),
-        key: m.which.key().to_string(),
+        model: m.kind.name().to_string(),
+        key: m.kind.key().to_string(),
         params: m.params,
         iters: m.iters,
         train_seconds: m.seconds,
         train_cpu_seconds: m.cpu_seconds,
         final_train_loss: m.final_loss,
-        nll: r.nll,
-        nll_stderr: r.nll_stderr,
+        nll: r.nll.mean,
+        nll_stderr: r.nll.stderr,
         nll_nfe: r.nfe,
         nll_seconds: r.seconds_nll,
-        elbo: r.elbo,
-        elbo_stderr: r.elbo_stderr,
+        elbo: r.elbo.map(|e| e.mean),
+        elbo_stderr: r.elbo.map(|e| e.stderr),
         metrics,
         sample_seconds,
         steps,
@@ -196,20 +199,22 @@ pub fn evaluate(
 /// 20, 30), standardised units. DiffFlow and DDPM: the forward SDE (11); CNF: RK4 on
 /// `dx = v dt`.
 pub fn forward_snapshots(m: &Trained, x0: &[f64], seed: u64) -> Result<Vec<Vec<f64>>> {
-    let g = &m.cfg.model.grid;
+    let flow = &m.model.flow;
+    let g = &m.model.cfg.model.grid;
+    let device = flow.device();
     let k = 30;
     let ts: Vec<f64> = (0..=k)
         .map(|i| g.t_min + (g.t_max - g.t_min) * i as f64 / k as f64)
         .collect();
     let n = x0.len() / 2;
-    let dtype = m.flow.dtype();
-    if m.which.is_diffusion() {
-        let steps = Steps::new(ts, &m.flow.diffusion);
+    let dtype = flow.dtype();
+    if m.kind.is_diffusion() {
+        let steps = Steps::new(ts, &flow.diffusion);
         let mut rng = Rng::stream(seed, Stream::Eval);
-        let x = Tensor::from_slice(x0, (n, 2), &Device::Cpu)?.to_dtype(dtype)?;
+        let x = Tensor::from_slice(x0, (n, 2), &device)?.to_dtype(dtype)?;
         let noise =
-            Tensor::from_vec(rng.normals(k * n * 2), (k, n, 2), &Device::Cpu)?.to_dtype(dtype)?;
-        let mut drift = m.flow.drift.engine()?;
+            Tensor::from_vec(rng.normals(k * n * 2), (k, n, 2), &device)?.to_dtype(dtype)?;
+        let mut drift = flow.drift.engine()?;
         let states = forward_trajectory(drift.as_mut(), &x, &steps, &noise)?;
         [0, 10, 20, 30]
             .iter()
@@ -221,9 +226,9 @@ pub fn forward_snapshots(m: &Trained, x0: &[f64], seed: u64) -> Result<Vec<Vec<f
             })
             .collect()
     } else {
-        let mut engine = m.flow.drift.engine()?;
+        let mut engine = flow.drift.engine()?;
         let mut rhs = |t: f64, y: &[f64], dy: &mut [f64]| -> diffflow::Result<()> {
-            let x = Tensor::from_slice(y, (n, 2), &Device::Cpu)?.to_dtype(dtype)?;
+            let x = Tensor::from_slice(y, (n, 2), &device)?.to_dtype(dtype)?;
             let v = engine.eval(&x, t)?.to_dtype(DType::F64)?.flatten_all()?;
             dy.copy_from_slice(&v.to_vec1::<f64>()?);
             Ok(())

@@ -10,14 +10,18 @@ mod report;
 use crate::plot::{self, Panel, Style};
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use diffflow::config::ModelKind;
+use diffflow::config::Weights;
 use diffflow::data::{toy_2d, toy_components, TOY_DATASETS};
 use diffflow::flow::{neg_elbo, Steps};
 use diffflow::metrics::{sample_metrics, HistGrid, MetricOptions, SampleMetrics};
 use diffflow::rng::{Rng, Stream};
 use diffflow::sde::fixed_grid;
-use diffflow::train::TrainData;
+use diffflow::train::budget::BudgetProgress;
+use diffflow::train::budget::{process_cpu_seconds, Budget};
+use diffflow::train::{TrainData, Trainer};
 use evaluate::{EvalPlan, ModelReport};
-use models::{Budget, Hyper, Which};
+use models::Hyper;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -44,8 +48,8 @@ pub struct CompareArgs {
     /// Output folder.
     #[arg(long)]
     out: PathBuf,
-    /// Comma-separated models: diffflow, ddpm_l, ddpm_ls, cnf.
-    #[arg(long, default_value = "diffflow,ddpm_l,ddpm_ls,cnf")]
+    /// Comma-separated models: diffflow, ddpm-l, ddpm-ls, cnf.
+    #[arg(long, default_value = "diffflow,ddpm-l,ddpm-ls,cnf")]
     models: String,
     /// A reduced run (minutes on 2 cores): tiny budgets and evaluation sizes.
     #[arg(long)]
@@ -172,11 +176,11 @@ pub fn run(args: CompareArgs) -> Result<()> {
         .map(str::trim)
         .filter(|m| !m.is_empty())
     {
-        match Which::ALL.iter().find(|w| w.key() == m) {
-            Some(w) if !which.contains(w) => which.push(*w),
-            Some(_) => {}
-            None => {
-                bail!("--models: unknown model '{m}' (expected diffflow, ddpm_l, ddpm_ls or cnf)")
+        match m.parse::<ModelKind>() {
+            Ok(w) if !which.contains(&w) => which.push(w),
+            Ok(_) => {}
+            Err(_) => {
+                bail!("--models: unknown model '{m}' (expected diffflow, ddpm-l, ddpm-ls or cnf)")
             }
         }
     }
@@ -196,7 +200,7 @@ pub fn run(args: CompareArgs) -> Result<()> {
         (Some(i), _, _) => Budget::Iters(i),
         (None, Some(s), _) => Budget::Seconds(positive(s, "--seconds")?),
         (None, None, Some(s)) => {
-            models::process_cpu_seconds()?;
+            process_cpu_seconds()?;
             Budget::CpuSeconds(positive(s, "--cpu-seconds")?)
         }
         (None, None, None) if q => Budget::Iters(12),
@@ -204,7 +208,7 @@ pub fn run(args: CompareArgs) -> Result<()> {
     };
     let threads = args
         .threads
-        .unwrap_or_else(|| crate::eval::default_threads().min(2))
+        .unwrap_or_else(|| diffflow::par::default_threads().min(2))
         .max(1);
     let batch = args.batch.unwrap_or(if q { 128 } else { 1000 });
     let h = Hyper {
@@ -275,14 +279,14 @@ pub fn run(args: CompareArgs) -> Result<()> {
         .with_context(|| format!("output folder {} is not writable", out.display()))?;
     let _ = std::fs::remove_file(probe);
 
-    let counts: Vec<(Which, usize)> = Which::ALL
+    let counts: Vec<(ModelKind, usize)> = ModelKind::ALL
         .iter()
         .map(|&w| {
             let c = models::config(w, "rings", &h);
             let per_net = c.model.net.num_params(2);
             (
                 w,
-                if w == Which::DiffFlow {
+                if w == ModelKind::DiffFlow {
                     2 * per_net
                 } else {
                     per_net
@@ -311,9 +315,12 @@ pub fn run(args: CompareArgs) -> Result<()> {
     let mut fig5: Vec<(String, SamplePanels)> = Vec::new();
     let mut fig4: Vec<report::Trajectories> = Vec::new();
     for (k, ds) in datasets.iter().enumerate() {
-        let cfg0 = models::config(Which::DiffFlow, ds, &h);
+        let cfg0 = models::config(ModelKind::DiffFlow, ds, &h);
         let data = TrainData::toy(&cfg0.data, h.seed)?;
         let std = data.standardizer.clone();
+        // Held-out points in data units.
+        let mut test = data.test.clone();
+        std.invert(&mut test);
         let fresh = toy_2d(
             ds,
             plan.samples,
@@ -341,7 +348,7 @@ pub fn run(args: CompareArgs) -> Result<()> {
                 t.cpu_seconds,
                 t.final_loss
             ));
-            let r = evaluate::evaluate(&t, &std, &data.test, &fresh, &plan, &log)?;
+            let r = evaluate::evaluate(&t, &test, &fresh, &plan, &log)?;
             log(&format!(
                 "  {}: MMD² {:?}, SW2 {:.4}, hist KL {:.4}",
                 w.name(),
@@ -351,7 +358,7 @@ pub fn run(args: CompareArgs) -> Result<()> {
             ));
             panels.push((
                 w.name().to_string(),
-                evaluate::draw(&t, &std, plan.samples, plan.sample_n, 1.0, h.seed)?,
+                evaluate::draw(&t, plan.samples, plan.sample_n, 1.0, h.seed, threads)?,
             ));
             model_reports.push(r);
             trained.push(t);
@@ -362,13 +369,13 @@ pub fn run(args: CompareArgs) -> Result<()> {
                 std.apply(&mut x0);
                 let mut rows = Vec::new();
                 for t in &trained {
-                    if t.which == Which::DdpmL {
+                    if t.kind == ModelKind::DdpmL {
                         continue; // the same fixed forward process as DDPM (L_s)
                     }
-                    let name = if t.which == Which::DdpmLs {
+                    let name = if t.kind == ModelKind::DdpmLs {
                         "DDPM".to_string()
                     } else {
-                        t.which.name().to_string()
+                        t.kind.name().to_string()
                     };
                     rows.push((name, evaluate::forward_snapshots(t, &x0, h.seed)?));
                 }
@@ -391,7 +398,7 @@ pub fn run(args: CompareArgs) -> Result<()> {
 
     let progressive = match args.progressive_budget {
         Some(b) if b <= 0.0 => None,
-        _ if !which.contains(&Which::DiffFlow) => None,
+        _ if !which.contains(&ModelKind::DiffFlow) => None,
         pb => {
             let b = match (budget, pb) {
                 (Budget::Iters(_), Some(b)) => Budget::Iters(b.round().max(1.0) as usize),
@@ -481,18 +488,21 @@ pub fn run(args: CompareArgs) -> Result<()> {
 }
 
 /// A progress callback: one line per 10% of the budget.
-fn progress<'a>(ds: &'a str, w: Which) -> impl FnMut(&models::Fit, f64, f64) -> Result<bool> + 'a {
+fn progress<'a>(
+    ds: &'a str,
+    w: ModelKind,
+) -> impl FnMut(&Trainer, BudgetProgress) -> diffflow::Result<bool> + 'a {
     let mut next = 0.1;
-    move |fit, frac, secs| {
-        if frac >= next {
+    move |_, p| {
+        if p.fraction >= next {
             log(&format!(
                 "[{ds}] {}: {:.0}% ({} iterations, {:.0} s)",
                 w.name(),
-                (frac * 100.0).min(100.0),
-                fit.iters(),
-                secs
+                (p.fraction * 100.0).min(100.0),
+                p.iters,
+                p.seconds
             ));
-            while next <= frac {
+            while next <= p.fraction {
                 next += 0.1;
             }
         }
@@ -585,7 +595,7 @@ fn progressive_measurement(
     } else {
         vec![(0.0, 5), (0.125, 10), (0.25, 20), (0.5, 30)]
     };
-    let cfg = models::config(Which::DiffFlow, dataset, h);
+    let cfg = models::config(ModelKind::DiffFlow, dataset, h);
     let data = TrainData::toy(&cfg.data, h.seed)?;
     let n = (data.test.len() / 2).min(val_points);
     let dtype = cfg.model.precision.dtype();
@@ -606,15 +616,16 @@ fn progressive_measurement(
             .join("→");
         let mut curve: Vec<report::CurvePoint> = Vec::new();
         let mut next = 0.05;
-        let mut every = |fit: &models::Fit, frac: f64, secs: f64| -> Result<bool> {
+        let mut every = |tr: &Trainer, p: BudgetProgress| -> diffflow::Result<bool> {
+            let (frac, secs) = (p.fraction, p.seconds);
             if frac >= next || frac >= 1.0 {
-                let flow = fit.sampling_flow()?;
+                let flow = tr.sampling_flow(Weights::Ema)?;
                 let steps = Steps::new(fixed_grid(&cfg.model.grid, val_n), &flow.diffusion);
                 let v = neg_elbo(&flow, &x0, &steps, &noise)?;
                 let val = v.iter().sum::<f64>() / v.len() as f64;
                 curve.push(report::CurvePoint {
                     seconds: secs,
-                    iters: fit.iters(),
+                    iters: p.iters,
                     val_loss: val,
                 });
                 while next <= frac {
@@ -624,7 +635,7 @@ fn progressive_measurement(
             Ok(true)
         };
         let t = models::train(
-            Which::DiffFlow,
+            ModelKind::DiffFlow,
             dataset,
             &data,
             budget,

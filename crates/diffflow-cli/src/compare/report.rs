@@ -152,16 +152,17 @@ fn degeneracy(
         .collect()
 }
 
-const SWEPT: [(&str, &str); 3] = [
-    ("diffflow", "DiffFlow"),
-    ("ddpm_l", "DDPM (L)"),
-    ("ddpm_ls", "DDPM (L_s)"),
-];
+/// The models swept over N and λ (the diffusions; the CNF is sampled by its ODE).
+fn swept() -> impl Iterator<Item = (&'static str, &'static str)> {
+    diffflow::config::ModelKind::ALL
+        .into_iter()
+        .filter(|k| k.is_diffusion())
+        .map(|k| (k.key(), k.name()))
+}
 
 /// steps.png: geometric mean over the data sets of SW2(N)/SW2(N_max), per model.
 pub fn steps_chart(path: &Path, reports: &[DatasetReport]) -> Result<()> {
-    let series: Vec<(String, Vec<(f64, f64)>)> = SWEPT
-        .iter()
+    let series: Vec<(String, Vec<(f64, f64)>)> = swept()
         .map(|(key, name)| {
             (
                 name.to_string(),
@@ -352,12 +353,10 @@ fn markdown(r: &Results, plan: &EvalPlan) -> String {
     );
     let _ = writeln!(s, "| N | DiffFlow SW2 | DDPM (L) SW2 | DDPM (L_s) SW2 | DiffFlow KL | DDPM (L) KL | DDPM (L_s) KL |");
     let _ = writeln!(s, "|---:|---:|---:|---:|---:|---:|---:|");
-    let sw: Vec<Vec<(usize, f64)>> = SWEPT
-        .iter()
+    let sw: Vec<Vec<(usize, f64)>> = swept()
         .map(|(k, _)| degeneracy(&r.datasets, k, |m| m.sw2))
         .collect();
-    let kl: Vec<Vec<(usize, f64)>> = SWEPT
-        .iter()
+    let kl: Vec<Vec<(usize, f64)>> = swept()
         .map(|(k, _)| degeneracy(&r.datasets, k, |m| m.hist_kl))
         .collect();
     for &n in &plan.sweep_ns {

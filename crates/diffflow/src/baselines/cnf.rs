@@ -13,16 +13,14 @@
 //! probability-flow velocity `f − ½ g² s` is then `v`, so the library's samplers (λ = 0) and
 //! [`crate::likelihood::pf_ode_nll`] evaluate it unchanged (theorem 1's `g → 0` limit).
 
-use super::{draw_batch, sum_grads, NetOptimizer};
-use crate::config::{ModelKind, RunConfig, Weights};
-use crate::flow::{prior_nll, DiffFlow};
+use super::sum_grads;
+use crate::flow::prior_nll;
 use crate::nn::{Engine, Mlp, TimeNet};
 use crate::par::par_map;
-use crate::rng::{Rng, Stream};
-use crate::sde::fixed_grid;
-use crate::train::TrainData;
+use crate::rng::Rng;
 use crate::{Error, Result};
 use candle_core::{DType, Device, Tensor, Var};
+use serde::{Deserialize, Serialize};
 
 /// The zero vector field (the CNF's score): no parameters, zero output and zero VJPs.
 pub struct ZeroField {
@@ -75,7 +73,8 @@ impl Engine for ZeroEngine {
 }
 
 /// How the CNF's training divergence is computed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Trace {
     /// `Σ_k e_kᵀ J e_k`: d JVPs per evaluation (fine for small d).
     #[default]
@@ -155,12 +154,31 @@ pub fn cnf_nll(
     Ok((nll, x))
 }
 
-/// Rademacher probes [b, d] of `dtype`.
-fn rademacher(b: usize, d: usize, dtype: DType, rng: &mut Rng) -> Result<Tensor> {
+impl std::str::FromStr for Trace {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "exact" => Ok(Trace::Exact),
+            "hutchinson" => Ok(Trace::Hutchinson),
+            _ => Err(Error::config(format!(
+                "unknown trace '{s}' (expected exact or hutchinson)"
+            ))),
+        }
+    }
+}
+
+/// Rademacher probes [b, d] of `dtype` on `device`.
+pub(crate) fn rademacher(
+    b: usize,
+    d: usize,
+    dtype: DType,
+    device: &Device,
+    rng: &mut Rng,
+) -> Result<Tensor> {
     let v: Vec<f64> = (0..b * d)
         .map(|_| if rng.uniform() < 0.5 { -1.0 } else { 1.0 })
         .collect();
-    Ok(Tensor::from_vec(v, (b, d), &Device::Cpu)?.to_dtype(dtype)?)
+    Ok(Tensor::from_vec(v, (b, d), device)?.to_dtype(dtype)?)
 }
 
 /// Mean NLL of the batch `x0` and its gradient w.r.t. `net`'s parameters, by backprop
@@ -204,109 +222,4 @@ pub fn cnf_gradient(
     let parts = par_map(chunks, threads, &work)?;
     let loss = parts.iter().map(|p| p.0).sum();
     Ok((loss, sum_grads(parts.into_iter().map(|p| p.1).collect())?))
-}
-
-/// What one CNF iteration did.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct CnfStats {
-    /// Iterations completed.
-    pub step: usize,
-    /// Batch-mean NLL (nats, standardised units) of the RK4 solve.
-    pub loss: f64,
-    /// RK4 steps used.
-    pub n: usize,
-    /// Gradient norm before clipping.
-    pub grad_norm: f64,
-    /// Learning rate used.
-    pub lr: f64,
-}
-
-/// Maximum-likelihood training of the CNF of `cfg` (`model.kind = cnf`): RK4 with
-/// `cfg.train.steps` steps on the fixed grid of `cfg.model.grid` (use `beta = 1` for a
-/// uniform grid), `cfg.train`'s batch, learning rate (`lr_drift` or `lr`), decay, clipping,
-/// Adam, EMA, chunks and threads.
-pub struct CnfTrainer {
-    /// Configuration.
-    pub cfg: RunConfig,
-    /// The velocity net (live weights).
-    pub net: Mlp,
-    /// Data (standardised).
-    pub data: TrainData,
-    /// Optimiser of the velocity net.
-    pub opt: NetOptimizer,
-    /// Iterations completed.
-    pub step: usize,
-    /// Exact or Hutchinson divergence.
-    pub trace: Trace,
-    rng: Rng,
-}
-
-impl CnfTrainer {
-    /// A fresh run: weights from the seed's init stream.
-    pub fn new(cfg: RunConfig, data: TrainData, trace: Trace) -> Result<Self> {
-        cfg.validate()?;
-        if cfg.model.kind != ModelKind::Cnf {
-            return Err(Error::config(
-                "the CNF trainer trains a CNF model (model.kind = \"cnf\")",
-            ));
-        }
-        if data.is_empty() {
-            return Err(Error::data("no training points"));
-        }
-        let seed = cfg.train.seed;
-        let dtype = cfg.model.precision.dtype();
-        let mut init = Rng::stream(seed, Stream::Init);
-        let net = Mlp::new(data.dim, &cfg.model.net, dtype, &mut init)?;
-        let (lr, _) = cfg.learning_rates();
-        let opt = NetOptimizer::new(net.vars(), &cfg.train, lr)?;
-        Ok(CnfTrainer {
-            net,
-            data,
-            opt,
-            step: 0,
-            trace,
-            rng: Rng::stream(seed, Stream::Train),
-            cfg,
-        })
-    }
-
-    /// One iteration: batch (and probes), RK4 solve, backprop, clipping, Adam, EMA.
-    pub fn train_step(&mut self) -> Result<CnfStats> {
-        let t = &self.cfg.train;
-        let (d, b) = (self.data.dim, t.batch);
-        let n = t.steps.at(self.step);
-        let ts = fixed_grid(&self.cfg.model.grid, n);
-        let dtype = self.net.dtype();
-        let x0 = draw_batch(&self.data, b, dtype, &mut self.rng)?;
-        let probe = match self.trace {
-            Trace::Exact => None,
-            Trace::Hutchinson => Some(rademacher(b, d, dtype, &mut self.rng)?),
-        };
-        let (loss, grads) = cnf_gradient(&self.net, &x0, &ts, probe.as_ref(), t.chunks, t.threads)?;
-        let step = self.step + 1;
-        if !loss.is_finite() {
-            return Err(Error::NonFinite {
-                step,
-                what: format!("CNF loss ({loss})"),
-            });
-        }
-        let (grad_norm, lr) = self.opt.update(self.net.vars(), grads, self.step)?;
-        self.step = step;
-        Ok(CnfStats {
-            step,
-            loss,
-            n,
-            grad_norm,
-            lr,
-        })
-    }
-
-    /// The CNF as a [`DiffFlow`] (drift = a copy of `v` with live or EMA weights, score = 0,
-    /// `g` = `cfg.model.g`), for the samplers and the likelihood.
-    pub fn sampling_flow(&self, weights: Weights) -> Result<DiffFlow> {
-        let flow = super::build(&self.cfg.model, self.data.dim, &mut Rng::new(0))?;
-        let ema = (weights == Weights::Ema).then_some(&self.opt.ema);
-        super::copy_weights(flow.drift.as_ref(), &self.net, ema)?;
-        Ok(flow)
-    }
 }

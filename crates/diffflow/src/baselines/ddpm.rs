@@ -15,16 +15,13 @@
 //! `t_k = ε + (k + u_k)(1 − ε)/G`, `u_k ~ U[0, 1)` (stratified, so each batch covers the whole
 //! interval).
 
-use super::{draw_batch, sum_grads, NetOptimizer};
-use crate::config::{ModelKind, RunConfig, Weights};
-use crate::flow::DiffFlow;
+use super::sum_grads;
 use crate::nn::{Engine, TimeNet};
 use crate::par::par_map;
-use crate::rng::{Rng, Stream};
+use crate::rng::Rng;
 use crate::sde::Diffusion;
-use crate::train::TrainData;
 use crate::{Error, Result};
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{DType, Tensor, Var};
 
 /// The linear β schedule of the VP SDE.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -59,6 +56,17 @@ impl VpSchedule {
     /// `α_t = exp(−½ ∫_0^t β)`.
     pub fn alpha(&self, t: f64) -> f64 {
         (-0.5 * self.int_beta(t)).exp()
+    }
+
+    /// The time `t` at which `α_t = alpha` (`0 < alpha <= 1`): the positive root of
+    /// `∫_0^t β = −2 ln alpha`.
+    pub fn time_of_alpha(&self, alpha: f64) -> f64 {
+        let c = -2.0 * alpha.ln();
+        let slope = self.beta_max - self.beta_min;
+        if slope.abs() < 1e-12 {
+            return c / self.beta_min;
+        }
+        (-self.beta_min + (self.beta_min * self.beta_min + 2.0 * slope * c).sqrt()) / slope
     }
 
     /// `σ_t = sqrt(1 − α_t²)` (computed as `sqrt(−expm1(−∫β))`, accurate for small `t`).
@@ -275,127 +283,11 @@ pub fn eps_loss_gradient(
     Ok((loss, grads))
 }
 
-/// What one ε-loss iteration did.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct EpsStats {
-    /// Iterations completed.
-    pub step: usize,
-    /// Batch-mean ε loss.
-    pub loss: f64,
-    /// Gradient norm before clipping.
-    pub grad_norm: f64,
-    /// Learning rate used.
-    pub lr: f64,
-}
-
-/// Training of "DDPM (L_s)": the DDPM model of `cfg` (`model.kind = ddpm`) by the ε loss,
-/// with `cfg.train`'s batch, learning rate (`lr_score` or `lr`), decay, clipping, Adam and
-/// EMA; times from [`group_times`] on `[t_min, t_max]` of `cfg.model.grid`.
-pub struct EpsTrainer {
-    /// Configuration.
-    pub cfg: RunConfig,
-    /// The model (live weights).
-    pub flow: DiffFlow,
-    /// Data (standardised).
-    pub data: TrainData,
-    /// Optimiser of the score net.
-    pub opt: NetOptimizer,
-    /// Iterations completed.
-    pub step: usize,
-    /// Time groups per batch.
-    pub groups: usize,
-    schedule: VpSchedule,
-    rng: Rng,
-    /// The drift has no parameters: its (empty) EMA, for [`super::snapshot`].
-    drift_ema: crate::optim::Ema,
-}
-
-impl EpsTrainer {
-    /// A fresh run: weights from the seed's init stream.
-    pub fn new(cfg: RunConfig, data: TrainData, groups: usize) -> Result<Self> {
-        cfg.validate()?;
-        if cfg.model.kind != ModelKind::Ddpm {
-            return Err(Error::config(
-                "the ε loss trains a DDPM model (model.kind = \"ddpm\")",
-            ));
-        }
-        if groups == 0 || groups > cfg.train.batch {
-            return Err(Error::config(format!(
-                "time groups must be in 1..=batch ({}), got {groups}",
-                cfg.train.batch
-            )));
-        }
-        if data.is_empty() {
-            return Err(Error::data("no training points"));
-        }
-        let seed = cfg.train.seed;
-        let flow = super::build(&cfg.model, data.dim, &mut Rng::stream(seed, Stream::Init))?;
-        let schedule = VpSchedule::from_diffusion(&cfg.model.g)?;
-        let (_, lr) = cfg.learning_rates();
-        let opt = NetOptimizer::new(flow.score.vars(), &cfg.train, lr)?;
-        let drift_ema = crate::optim::Ema::new(&[], 0.0, 0)?;
-        Ok(EpsTrainer {
-            flow,
-            data,
-            opt,
-            step: 0,
-            groups,
-            schedule,
-            rng: Rng::stream(seed, Stream::Train),
-            drift_ema,
-            cfg,
-        })
-    }
-
-    /// One iteration: batch, times, noises, gradient, clipping, Adam, EMA.
-    pub fn train_step(&mut self) -> Result<EpsStats> {
-        let (d, b) = (self.data.dim, self.cfg.train.batch);
-        let dtype = self.flow.dtype();
-        let x0 = draw_batch(&self.data, b, dtype, &mut self.rng)?;
-        let grid = self.cfg.model.grid;
-        let times = group_times(self.groups, grid.t_min, grid.t_max, &mut self.rng);
-        let eps =
-            Tensor::from_vec(self.rng.normals(b * d), (b, d), &Device::Cpu)?.to_dtype(dtype)?;
-        let (loss, grads) = eps_loss_gradient(
-            self.flow.score.as_ref(),
-            &self.schedule,
-            &x0,
-            &eps,
-            &times,
-            self.cfg.train.threads,
-        )?;
-        let step = self.step + 1;
-        if !loss.is_finite() {
-            return Err(Error::NonFinite {
-                step,
-                what: format!("ε loss ({loss})"),
-            });
-        }
-        let (grad_norm, lr) = self.opt.update(self.flow.score.vars(), grads, self.step)?;
-        self.step = step;
-        Ok(EpsStats {
-            step,
-            loss,
-            grad_norm,
-            lr,
-        })
-    }
-
-    /// A copy of the model with live or EMA weights, for sampling and evaluation.
-    pub fn sampling_flow(&self, weights: Weights) -> Result<DiffFlow> {
-        super::snapshot(
-            &self.cfg.model,
-            &self.flow,
-            [&self.drift_ema, &self.opt.ema],
-            weights,
-        )
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::nn::{AutogradEngine, Mlp, MlpConfig};
+    use candle_core::Device;
 
     fn sched() -> VpSchedule {
         VpSchedule {

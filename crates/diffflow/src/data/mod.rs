@@ -9,7 +9,9 @@
 //! - [`tabular`]: CSV/TSV/text and NumPy `.npy` files, optionally gzipped ([`tabular::load`]);
 //! - [`preprocess`]: drop constant columns, dequantise integer columns, seeded splits;
 //! - [`source`]: a data file as a run's data ([`source::FileSource`]): the whole pipeline
-//!   (read, split, drop constants, dequantise, standardise on the training split).
+//!   (read, split, drop constants, dequantise, standardise on the training split);
+//! - [`train_data`]: a run's data configuration ([`DataConfig`]) and its prepared points
+//!   ([`TrainData`], standardised, with the batch draws of training).
 //!
 //! Every random draw comes from the [`crate::rng::Rng`] passed in, so a data set is a
 //! deterministic function of its seed.
@@ -21,7 +23,9 @@ pub mod source;
 pub mod standardize;
 pub mod tabular;
 pub mod toy;
+pub mod train_data;
 
 pub use standardize::Standardizer;
 pub use tabular::{LoadOptions, Table};
 pub use toy::{toy_2d, toy_components, TOY_DATASETS};
+pub use train_data::{shuffle_rows, DataConfig, TrainData};

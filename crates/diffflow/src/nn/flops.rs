@@ -53,13 +53,17 @@ pub fn gemm_gflops(m: usize, n: usize, k: usize, threads: usize, seconds: f64) -
         }
     };
     let t0 = Instant::now();
-    let total: f64 = if threads == 1 {
-        worker().0
+    let total = std::sync::Mutex::new(0.0);
+    let run = crate::par::run_workers(threads, &|| {
+        let flops = worker().0;
+        if let Ok(mut t) = total.lock() {
+            *t += flops;
+        }
+    });
+    let total = if run.is_ok() {
+        total.into_inner().unwrap_or(0.0)
     } else {
-        std::thread::scope(|s| {
-            let hs: Vec<_> = (0..threads).map(|_| s.spawn(worker)).collect();
-            hs.into_iter().map(|h| h.join().map_or(0.0, |r| r.0)).sum()
-        })
+        0.0
     };
     total / t0.elapsed().as_secs_f64() / 1e9
 }

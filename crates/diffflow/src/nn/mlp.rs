@@ -77,6 +77,57 @@ impl MlpConfig {
         let (h, k) = (self.width, self.fourier);
         k + (d * h + h) + (2 * k * h + h) + (h * h + h) + self.depth * (h * h + h) + (h * d + d)
     }
+
+    /// This architecture with `knob` set so that the net has the number of parameters nearest
+    /// to `target` for dimension `d` (matched model sizes of the baselines): the width among
+    /// the current one and the multiples of 8 up to four times it, or the number of Fourier
+    /// frequencies among 1..=512. Ties go to the first candidate in that order.
+    pub fn matched(&self, d: usize, target: usize, knob: ParamKnob) -> MlpConfig {
+        let with = |v: usize| match knob {
+            ParamKnob::Width => MlpConfig {
+                width: v,
+                ..self.clone()
+            },
+            ParamKnob::Fourier => MlpConfig {
+                fourier: v,
+                ..self.clone()
+            },
+        };
+        let candidates: Vec<usize> = match knob {
+            ParamKnob::Width => std::iter::once(self.width)
+                .chain((8..=4 * self.width).step_by(8))
+                .collect(),
+            ParamKnob::Fourier => (1..=512).collect(),
+        };
+        let gap = |v: usize| with(v).num_params(d).abs_diff(target);
+        let mut best = candidates[0];
+        for &v in &candidates[1..] {
+            if gap(v) < gap(best) {
+                best = v;
+            }
+        }
+        with(best)
+    }
+
+    /// The time features moved from an interval ending at `from_t_max` to one ending at
+    /// `to_t_max`: frequencies × `from_t_max / to_t_max`, so that `c·t` spans the same range.
+    pub fn rescale_time(&self, from_t_max: f64, to_t_max: f64) -> MlpConfig {
+        let scale = from_t_max / to_t_max;
+        MlpConfig {
+            freq_min: self.freq_min * scale,
+            freq_max: self.freq_max * scale,
+            ..self.clone()
+        }
+    }
+}
+
+/// What [`MlpConfig::matched`] varies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ParamKnob {
+    /// The hidden width (data of any dimension).
+    Width,
+    /// The number of Fourier frequencies (the 2-D comparison keeps the paper's width).
+    Fourier,
 }
 
 /// Indices into [`Mlp::vars`].

@@ -18,7 +18,7 @@ pub use flops::{gemm_gflops, mlp_forward_flops, mlp_pullback_flops};
 #[cfg(test)]
 pub(crate) use kernel::FLOPS;
 pub use kernel::{MlpEngine, Scratch, Tape, TimeFeatures};
-pub use mlp::{Mlp, MlpConfig};
+pub use mlp::{Mlp, MlpConfig, ParamKnob};
 
 use crate::Result;
 use candle_core::{Tensor, Var};

@@ -1,12 +1,19 @@
 //! Run configuration: what `diffflow train` reads from `--config FILE.toml`, builds from its
-//! flags, and saves as `config.toml` beside every run.
+//! flags, and saves as `config.toml` beside every run. The named configurations (presets) and
+//! the adaptation of a configuration to a model kind are in [`presets`].
+
+mod presets;
+
+pub use presets::{default_threads, tabular_width, Preset};
 
 use crate::adjoint::GradMethod;
-use crate::data::source::FileSource;
+use crate::baselines::cnf::Trace;
+use crate::baselines::ddpm::VpSchedule;
+pub use crate::data::DataConfig;
 use crate::nn::MlpConfig;
 use crate::optim::AdamConfig;
 use crate::sde::{Diffusion, GridKind, GridSpec, StepsSchedule};
-use crate::validation::ValidationConfig;
+use crate::validation::{ValMetric, ValidationConfig};
 use crate::{Error, Result};
 use candle_core::DType;
 use serde::{Deserialize, Serialize};
@@ -56,43 +63,101 @@ impl std::str::FromStr for Weights {
     }
 }
 
-/// Which model the two networks make up (paper 3.4 and its baselines).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
+/// Which model the two networks make up and how it is trained (paper 3.4 and its baselines).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 pub enum ModelKind {
-    /// DiffFlow: learned drift `f` and score `s` (two MLPs).
+    /// DiffFlow: learned drift `f` and score `s` (two nets), trained by the trajectory loss
+    /// (15).
     #[default]
+    #[serde(rename = "diffflow")]
     DiffFlow,
-    /// DDPM: the drift frozen to the VP SDE's `−β(t) x / 2` (no parameters) and one MLP
-    /// `ε_θ` with score `s = −ε_θ / σ_t`; needs `g = vp`. Trained by the trajectory loss
-    /// ("DDPM (L)", [`crate::train::Trainer`]) or the ε loss ("DDPM (L_s)",
-    /// [`crate::baselines::ddpm::EpsTrainer`]).
-    Ddpm,
-    /// FFJORD-style CNF: drift = the velocity MLP `v`, score = 0, so the probability flow is
-    /// `dx = v dt` whatever `g`; trained by maximum likelihood
-    /// ([`crate::baselines::cnf::CnfTrainer`]).
+    /// "DDPM (L)": the drift frozen to the VP SDE's `−β(t) x / 2` (no parameters) and one
+    /// net `ε_θ` with score `s = −ε_θ / σ_t`, trained by DiffFlow's trajectory loss (15).
+    /// Needs `g = vp`. (`"ddpm"` in configurations written before the DDPM kinds split.)
+    #[serde(rename = "ddpm-l", alias = "ddpm")]
+    DdpmL,
+    /// "DDPM (L_s)": the same model trained by the ε-prediction loss on the closed-form
+    /// marginals ([`crate::baselines::ddpm::eps_loss_gradient`]).
+    #[serde(rename = "ddpm-ls")]
+    DdpmLs,
+    /// FFJORD-style CNF: drift = the velocity net `v`, score = 0, so the probability flow is
+    /// `dx = v dt` whatever `g`; trained by maximum likelihood through RK4
+    /// ([`crate::baselines::cnf::cnf_gradient`]). Sampled by its ODE only (λ = 0), no ELBO.
+    #[serde(rename = "cnf")]
     Cnf,
 }
 
 impl ModelKind {
+    /// All kinds, in the order of the paper's comparisons.
+    pub const ALL: [ModelKind; 4] = [
+        ModelKind::DiffFlow,
+        ModelKind::DdpmL,
+        ModelKind::DdpmLs,
+        ModelKind::Cnf,
+    ];
+
     fn is_diffflow(&self) -> bool {
         *self == ModelKind::DiffFlow
+    }
+
+    /// The name in the paper's tables: `DiffFlow`, `DDPM (L)`, `DDPM (L_s)`, `CNF`.
+    pub fn name(self) -> &'static str {
+        match self {
+            ModelKind::DiffFlow => "DiffFlow",
+            ModelKind::DdpmL => "DDPM (L)",
+            ModelKind::DdpmLs => "DDPM (L_s)",
+            ModelKind::Cnf => "CNF",
+        }
+    }
+
+    /// The name in configurations and on the command line: `diffflow`, `ddpm-l`, `ddpm-ls`,
+    /// `cnf`.
+    pub fn key(self) -> &'static str {
+        match self {
+            ModelKind::DiffFlow => "diffflow",
+            ModelKind::DdpmL => "ddpm-l",
+            ModelKind::DdpmLs => "ddpm-ls",
+            ModelKind::Cnf => "cnf",
+        }
+    }
+
+    /// DDPM (L) or DDPM (L_s): the frozen VP drift and an ε-network.
+    pub fn is_ddpm(self) -> bool {
+        matches!(self, ModelKind::DdpmL | ModelKind::DdpmLs)
+    }
+
+    /// Whether the model has a stochastic reverse process: SDE (16) with any λ and the ELBO
+    /// apply (all kinds but the CNF, which is deterministic).
+    pub fn is_diffusion(self) -> bool {
+        self != ModelKind::Cnf
+    }
+}
+
+impl std::fmt::Display for ModelKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
     }
 }
 
 impl std::str::FromStr for ModelKind {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
-        match s {
+        let key = s.replace('_', "-");
+        match key.as_str() {
             "diffflow" => Ok(ModelKind::DiffFlow),
-            "ddpm" => Ok(ModelKind::Ddpm),
+            "ddpm-l" => Ok(ModelKind::DdpmL),
+            "ddpm-ls" => Ok(ModelKind::DdpmLs),
             "cnf" => Ok(ModelKind::Cnf),
             _ => Err(Error::config(format!(
-                "unknown model kind '{s}' (expected diffflow, ddpm or cnf)"
+                "unknown model '{s}' (expected diffflow, ddpm-l, ddpm-ls or cnf)"
             ))),
         }
     }
 }
+
+/// Largest `α_T` of the VP SDE a DDPM accepts: its marginal at `T` is then within about
+/// `α_T²/2` nats per dimension of the prior `N(0, I)` for standardised data.
+pub const DDPM_MAX_ALPHA_T: f64 = 0.1;
 
 /// What training does when a NaN or infinity appears in the loss, the gradients or the state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -138,25 +203,6 @@ impl Default for OnNan {
             max_restarts: 3,
         }
     }
-}
-
-/// The data set.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DataConfig {
-    /// Built-in 2-D data set name.
-    pub dataset: String,
-    /// Noise level of the data set (its own default when absent).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub noise: Option<f64>,
-    /// Size of the generated training pool (a data file: its number of training rows,
-    /// recorded by `diffflow train`).
-    pub train_size: usize,
-    /// Size of the held-out set (a data file: its number of test rows, recorded).
-    pub test_size: usize,
-    /// A data file instead of the built-in set (`dataset` is then only the run's name).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub file: Option<FileSource>,
 }
 
 /// The model.
@@ -226,6 +272,31 @@ pub struct TrainConfig {
     /// Validation, best checkpoint and early stopping (off by default).
     #[serde(default, skip_serializing_if = "ValidationConfig::is_default")]
     pub validation: ValidationConfig,
+    /// DDPM (L_s): time groups per batch of the ε loss (our nets take one time per batch).
+    #[serde(
+        default = "default_eps_groups",
+        skip_serializing_if = "is_default_eps_groups"
+    )]
+    pub eps_groups: usize,
+    /// CNF: the divergence of the training solve (exact, or Hutchinson with one Rademacher
+    /// probe per row).
+    #[serde(default, skip_serializing_if = "is_exact")]
+    pub cnf_trace: Trace,
+}
+
+/// Default [`TrainConfig::eps_groups`].
+pub const EPS_GROUPS: usize = 10;
+
+fn default_eps_groups() -> usize {
+    EPS_GROUPS
+}
+
+fn is_default_eps_groups(g: &usize) -> bool {
+    *g == EPS_GROUPS
+}
+
+fn is_exact(t: &Trace) -> bool {
+    *t == Trace::Exact
 }
 
 /// Sampling defaults of a run.
@@ -268,110 +339,7 @@ pub const MAX_WIDTH: usize = 1 << 16;
 /// Largest number of hidden layers.
 pub const MAX_DEPTH: usize = 1024;
 
-/// Named configurations.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Preset {
-    /// Small and quick: a few minutes on two CPU cores.
-    Quick,
-    /// The authors' 2-D configuration (DESIGN.md section 1), exactly.
-    Paper2d,
-    /// Tabular data files: see [`RunConfig::preset`] and [`tabular_width`].
-    Tabular,
-}
-
-impl std::str::FromStr for Preset {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "quick" => Ok(Preset::Quick),
-            "paper-2d" => Ok(Preset::Paper2d),
-            "tabular" => Ok(Preset::Tabular),
-            _ => Err(Error::config(format!(
-                "unknown preset '{s}' (expected quick, paper-2d or tabular)"
-            ))),
-        }
-    }
-}
-
-fn default_threads() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get().min(2))
-        .unwrap_or(1)
-}
-
 impl RunConfig {
-    /// The configuration of a preset for `dataset`.
-    pub fn preset(preset: Preset, dataset: &str) -> Self {
-        match preset {
-            Preset::Paper2d => RunConfig {
-                data: DataConfig {
-                    dataset: dataset.to_string(),
-                    noise: None,
-                    train_size: 500_000,
-                    test_size: 10_000,
-                    file: None,
-                },
-                model: ModelConfig {
-                    kind: ModelKind::DiffFlow,
-                    precision: Precision::F32,
-                    net: MlpConfig::paper_2d(),
-                    g: Diffusion::Constant { value: 0.2 },
-                    grid: GridSpec {
-                        t_min: 0.001,
-                        t_max: 0.05,
-                        beta: 0.9,
-                    },
-                },
-                train: TrainConfig {
-                    iters: 3000,
-                    batch: 5000,
-                    steps: StepsSchedule::constant(30),
-                    grid: GridKind::Fixed,
-                    grad: GradMethod::Adjoint,
-                    lr: 1e-2,
-                    lr_drift: None,
-                    lr_score: None,
-                    lr_decay: 0.95,
-                    lr_decay_every: 200,
-                    clip: 1.0,
-                    adam: AdamConfig::default(),
-                    ema_decay: 0.999,
-                    ema_start: 10,
-                    seed: 0,
-                    threads: default_threads(),
-                    chunks: 2,
-                    log_every: 10,
-                    checkpoint_every: 500,
-                    on_nan: OnNan::default(),
-                    validation: ValidationConfig::default(),
-                },
-                sample: SampleConfig {
-                    n: 10_000,
-                    steps: None,
-                    lambda: 1.0,
-                    // The authors sample their 2-D models from the live weights.
-                    weights: Weights::Live,
-                },
-            },
-            Preset::Quick => {
-                let mut c = RunConfig::preset(Preset::Paper2d, dataset);
-                c.data.train_size = 100_000;
-                c.model.net = MlpConfig::small();
-                c.train.iters = 1500;
-                c.train.batch = 1000;
-                c.train.steps = StepsSchedule::parse("10,20@500").expect("valid schedule");
-                c.train.grid = GridKind::Flexible;
-                c.train.lr_decay_every = 150;
-                c.train.checkpoint_every = 500;
-                // Measured on rings (held-out negative ELBO after 1500 iterations, standardised
-                // units): EMA 0.548 against live 0.696, so the quick preset samples from the EMA.
-                c.sample.weights = Weights::Ema;
-                c
-            }
-            Preset::Tabular => tabular(RunConfig::preset(Preset::Quick, dataset)),
-        }
-    }
-
     /// Parses a TOML configuration (unknown keys are errors; the error gives the line) and
     /// validates it.
     pub fn from_toml(text: &str) -> Result<Self> {
@@ -490,11 +458,7 @@ impl RunConfig {
         }
         self.model.grid.validate()?;
         self.model.g.validate(self.model.grid.t_max)?;
-        if self.model.kind == ModelKind::Ddpm && !matches!(self.model.g, Diffusion::Vp { .. }) {
-            return Err(Error::config(
-                "model.kind = \"ddpm\" needs the VP diffusion (model.g.kind = \"vp\")",
-            ));
-        }
+        self.validate_kind()?;
         self.model.net.validate()?;
         if let Some(f) = &self.data.file {
             f.validate()?;
@@ -503,49 +467,69 @@ impl RunConfig {
         Ok(())
     }
 
+    /// The checks a model kind adds: a DDPM needs the VP diffusion and a time interval whose
+    /// end is near the prior; a CNF is sampled by its ODE only and has no ELBO.
+    fn validate_kind(&self) -> Result<()> {
+        let kind = self.model.kind;
+        if kind.is_ddpm() {
+            let schedule = VpSchedule::from_diffusion(&self.model.g).map_err(|_| {
+                Error::config(format!(
+                    "model.kind = \"{}\" needs the VP diffusion (model.g.kind = \"vp\", \
+                     --g vp), got g = {}",
+                    kind.key(),
+                    self.model.g
+                ))
+            })?;
+            let t = self.model.grid.t_max;
+            let alpha = schedule.alpha(t);
+            if alpha > DDPM_MAX_ALPHA_T {
+                return Err(Error::config(format!(
+                    "model.grid.t_max = T = {t}: the VP SDE keeps alpha_T = {alpha:.3} of the \
+                     data at T, so its marginal there is far from the prior N(0, I); a {} needs \
+                     alpha_T <= {DDPM_MAX_ALPHA_T} (T >= {:.3} with this schedule, e.g. T = 1)",
+                    kind.name(),
+                    schedule.time_of_alpha(DDPM_MAX_ALPHA_T)
+                )));
+            }
+        }
+        if kind == ModelKind::DdpmLs {
+            let g = self.train.eps_groups;
+            if g == 0 || g > self.train.batch {
+                return Err(Error::config(format!(
+                    "train.eps_groups must be in 1..=train.batch ({}), got {g}",
+                    self.train.batch
+                )));
+            }
+        }
+        if kind == ModelKind::Cnf {
+            if self.sample.lambda != 0.0 {
+                return Err(Error::config(format!(
+                    "sample.lambda = {}: a CNF is deterministic, it is sampled by its ODE \
+                     (lambda = 0) only",
+                    self.sample.lambda
+                )));
+            }
+            let v = &self.train.validation;
+            if v.enabled() && v.metric == ValMetric::Elbo {
+                return Err(Error::config(
+                    "train.validation.metric = \"elbo\": a CNF has no ELBO (use \"nll\")",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The run's data, prepared from its data configuration and seed (a fresh run and a
+    /// resumed one build them the same way).
+    pub fn training_data(&self) -> Result<crate::data::TrainData> {
+        crate::data::TrainData::from_config(&self.data, self.train.seed)
+    }
+
     /// Learning rates of drift and score.
     pub fn learning_rates(&self) -> (f64, f64) {
         let t = &self.train;
         (t.lr_drift.unwrap_or(t.lr), t.lr_score.unwrap_or(t.lr))
     }
-}
-
-/// The tabular preset, in the spirit of the paper's appendix for tabular data (section 4.2:
-/// MLPs of fewer than 5 layers; the flexible grid with progressive N) and sized for two CPU
-/// cores: nets with an input layer, 2 hidden layers and an output layer, width
-/// [`tabular_width`]`(d)` (set once the data are read; 128 here), 32 Fourier frequencies;
-/// batch 256; N = 5, then 10, then 20; Adam 2e-3 decayed ×0.9 every 300 iterations;
-/// EMA 0.995; validation by the negative ELBO every 100 iterations, keeping the best.
-fn tabular(mut c: RunConfig) -> RunConfig {
-    c.model.net = MlpConfig {
-        width: 128,
-        depth: 2,
-        fourier: 32,
-        ..MlpConfig::small()
-    };
-    let t = &mut c.train;
-    t.iters = 3000;
-    t.batch = 256;
-    t.steps = StepsSchedule::parse("5,10@1000,20@2000").expect("valid schedule");
-    t.grid = GridKind::Flexible;
-    t.lr = 2e-3;
-    t.lr_decay = 0.9;
-    t.lr_decay_every = 300;
-    t.ema_decay = 0.995;
-    t.checkpoint_every = 500;
-    t.validation = ValidationConfig {
-        every: 100,
-        ..ValidationConfig::default()
-    };
-    c.sample.n = 2000;
-    c.sample.weights = Weights::Ema;
-    c
-}
-
-/// Hidden width of the tabular preset for data of dimension `d`: `4d` rounded up to a
-/// multiple of 32, between 64 and 512 (d = 43 → 192, d = 61 → 256).
-pub fn tabular_width(d: usize) -> usize {
-    (4 * d).div_ceil(32).saturating_mul(32).clamp(64, 512)
 }
 
 #[cfg(test)]
