@@ -1705,6 +1705,92 @@ mod tests {
         assert_eq!(entries(dir.path()), vec!["images.png".to_string()]);
     }
 
+    /// FNV-1a of a written picture's size and decoded RGB pixels: a change of any pixel
+    /// changes it. The expected values below were computed before `plot.rs` was split into
+    /// a folder (commit "plot: pixel hashes of every kind of picture").
+    fn pixel_hash(path: &Path) -> u64 {
+        use diffflow::checkpoint::{fnv1a64, FNV_OFFSET};
+        let img = decode(path);
+        let (w, h) = img.dimensions();
+        let state = fnv1a64(FNV_OFFSET, &w.to_le_bytes());
+        let state = fnv1a64(state, &h.to_le_bytes());
+        fnv1a64(state, img.as_raw())
+    }
+
+    #[test]
+    fn plot_panel_pictures_keep_their_pixels() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.png");
+        let (mut pts, labels) = four_rings(3_000);
+        pts[10] = f64::NAN;
+        let cells = vec![
+            vec![hist("histogram", &pts), scatter("", &pts, Some(&labels))],
+            vec![scatter("no labels", &pts[..1000], None)],
+        ];
+        let rows = vec!["first".to_string(), "second row".to_string()];
+        let cols = vec!["a".to_string()];
+        panel_grid(&path, "golden grid", &rows, &cols, &cells, None).unwrap();
+        let grid = pixel_hash(&path);
+        let empty: [f64; 0] = [];
+        panels_row(
+            &path,
+            "golden row",
+            &[hist("", &pts), scatter("empty", &empty, None)],
+            Some([-3.0, 4.0, -2.0, 2.5]),
+        )
+        .unwrap();
+        let row = pixel_hash(&path);
+        assert_eq!(
+            (grid, row),
+            (0x27d0_525e_e7dc_d4aa, 0xe1a4_1a2b_04c6_c03e),
+            "panel pictures changed: {grid:#018x}, {row:#018x}"
+        );
+    }
+
+    #[test]
+    fn plot_line_charts_keep_their_pixels() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("l.png");
+        let a: Vec<(f64, f64)> = (0..300)
+            .map(|i| (i as f64, 3.0 * (-(i as f64) / 50.0).exp() + 0.02))
+            .collect();
+        let mut b: Vec<(f64, f64)> = (0..30)
+            .map(|i| (10.0 * i as f64, 1.5 / (1.0 + i as f64)))
+            .collect();
+        b[7].1 = f64::NAN;
+        let series = vec![("train".to_string(), a), ("held-out".to_string(), b)];
+        line_chart(&path, "golden log", "step", "nll", &series, true).unwrap();
+        let log = pixel_hash(&path);
+        line_chart(&path, "golden linear", "step", "", &series, false).unwrap();
+        let linear = pixel_hash(&path);
+        assert_eq!(
+            (log, linear),
+            (0x224c_0941_0eeb_ed53, 0xef51_7cc4_2268_63ab),
+            "line charts changed: {log:#018x}, {linear:#018x}"
+        );
+    }
+
+    #[test]
+    fn plot_image_grid_keeps_its_pixels() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("i.png");
+        let (h, w) = (7, 5);
+        let mut images: Vec<Vec<f32>> = (0..7)
+            .map(|k| {
+                (0..h * w)
+                    .map(|i| (i as f32 * 0.037 + k as f32 * 0.11) % 1.3 - 0.1)
+                    .collect()
+            })
+            .collect();
+        images[2][4] = f32::NAN;
+        image_grid(&path, &images, h, w, 3).unwrap();
+        let hash = pixel_hash(&path);
+        assert_eq!(
+            hash, 0x470d_60b6_6331_6372,
+            "image grid changed: {hash:#018x}"
+        );
+    }
+
     #[test]
     fn plot_helpers() {
         assert_eq!(ramp(0.0), [0, 0, 4]);
