@@ -10,6 +10,12 @@ use plotters::style::text_anchor::{HPos, VPos};
 
 /// Largest picture side we agree to allocate.
 pub(super) const MAX_SIDE: u32 = 16_384;
+/// Outer margin of every figure.
+pub(super) const MARGIN_PX: u32 = 12;
+/// Height of the figure-title band (when the title is not empty).
+pub(super) const TITLE_H: u32 = 40;
+/// Height of the column-title band (when any column title is not empty).
+pub(super) const COL_TITLE_H: u32 = 28;
 
 pub(super) const FONT_FAMILY: &str = "sans-serif";
 pub(super) const FONT_BYTES: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");

@@ -1,4 +1,4 @@
-//! Pictures: PNG scatter plots, 2-D histograms and line charts.
+//! Pictures: PNG scatter plots, 2-D histograms, line charts and image grids.
 //!
 //! Everything renders in memory into an RGB buffer: densities and dots are
 //! written pixel by pixel, text is rasterised with `ab_glyph` from an embedded
@@ -99,13 +99,53 @@ pub fn line_chart(
     save_png(&canvas, path)
 }
 
-/// A grayscale image grid (for image samples later): `images` each h×w values in [0,1], arranged in `cols` columns.
+/// How image rows become pixels. Shapes: one image is `channels * height * width` values,
+/// channel-major (`[C, H, W]`), in data units.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ImageFormat {
+    /// 1 (grey) or 3 (RGB).
+    pub channels: usize,
+    pub height: usize,
+    pub width: usize,
+    /// `[lo, hi)`: values in it map linearly to 256 intensities (with `[0, 256)`, pixel
+    /// value k + u, 0 <= u < 1, is intensity k); values outside are clamped.
+    pub range: [f64; 2],
+}
+
+/// A grid of images (e.g. 10 × 10 samples) in `cols` columns, with a figure title on top
+/// (none when empty). Shapes: images [B, C·H·W] row-major.
 ///
-/// Values are clamped to [0, 1]; NaN pixels are shown in magenta. Each image
-/// is upscaled by an integer factor to about 80 px. Errors: no images,
-/// `h`, `w` or `cols` zero, an image of the wrong length, or I/O failure.
-pub fn image_grid(path: &Path, images: &[Vec<f32>], h: usize, w: usize, cols: usize) -> Result<()> {
-    let canvas = images::render_image_grid(images, h, w, cols)?;
+/// NaN pixels are shown in magenta. Each image is upscaled by an integer factor to about
+/// 80 px; fewer images than `cols` make a narrower grid. Errors: no images, a length that
+/// is not whole images, a bad format (channels not 1 or 3, empty size, empty or
+/// non-finite range), `cols` zero, too large a picture, or I/O failure.
+pub fn image_grid(
+    path: &Path,
+    title: &str,
+    images: &[f64],
+    format: &ImageFormat,
+    cols: usize,
+) -> Result<()> {
+    let canvas = images::render_image_grid(title, images, format, cols)?;
+    save_png(&canvas, path)
+}
+
+/// A forward-trajectory strip, the image analogue of the paper's Figure 4: one row per
+/// data image, one column per state `x_i` at a chosen time, labelled "t = times[j]".
+/// Shapes: states[j] [R, C·H·W], the R images at time `times[j]` (row r of every state is
+/// the trajectory of data image r).
+///
+/// Pixels as in [`image_grid`]. Errors: no states, `times` and `states` of different
+/// lengths, states of different lengths or not whole images, a bad format, too large a
+/// picture, or I/O failure.
+pub fn trajectory_strip<S: AsRef<[f64]>>(
+    path: &Path,
+    title: &str,
+    states: &[S],
+    times: &[f64],
+    format: &ImageFormat,
+) -> Result<()> {
+    let canvas = images::render_trajectory_strip(title, states, times, format)?;
     save_png(&canvas, path)
 }
 
@@ -156,7 +196,7 @@ fn save_png(canvas: &Canvas, path: &Path) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::test_util::{entries, hist};
+    use super::test_util::{entries, grey, hist};
     use super::*;
 
     #[test]
@@ -169,7 +209,7 @@ mod tests {
         let err = panels_row(&path, "x", &[hist("", &pts)], None).unwrap_err();
         assert!(format!("{err:#}").contains("taken.png"), "{err:#}");
         assert!(line_chart(&path, "x", "x", "y", &[], false).is_err());
-        assert!(image_grid(&path, &[vec![0.5; 4]], 2, 2, 1).is_err());
+        assert!(image_grid(&path, "", &[0.5; 4], &grey(2, 2), 1).is_err());
         assert_eq!(entries(dir.path()), vec!["taken.png".to_string()]);
         // A missing directory is an error, not a panic.
         let missing = dir.path().join("no/such/dir/x.png");

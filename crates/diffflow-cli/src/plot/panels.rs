@@ -4,8 +4,8 @@ use anyhow::{ensure, Result};
 use plotters::style::text_anchor::{HPos, VPos};
 
 use super::canvas::{
-    fit_text, fmt_num, palette, ramp, text_width, Canvas, Label, FRAME_RGB, MAX_SIDE, MUTED_RGB,
-    TEXT_RGB, WHITE_RGB,
+    fit_text, fmt_num, palette, ramp, text_width, Canvas, Label, COL_TITLE_H, FRAME_RGB, MARGIN_PX,
+    MAX_SIDE, MUTED_RGB, TEXT_RGB, TITLE_H, WHITE_RGB,
 };
 use super::{Panel, Style};
 
@@ -17,12 +17,6 @@ pub(super) const PANEL_PX: u32 = 400;
 const HIST_BINS: usize = 200;
 /// Gap between panels.
 pub(super) const GAP_PX: u32 = 10;
-/// Outer margin of every figure.
-pub(super) const MARGIN_PX: u32 = 12;
-/// Height of the figure-title band (when the title is not empty).
-pub(super) const TITLE_H: u32 = 40;
-/// Height of the column-title band (when any column title is not empty).
-pub(super) const COL_TITLE_H: u32 = 28;
 /// Height of the per-panel title strip (when any panel has a caption).
 pub(super) const PANEL_TITLE_H: u32 = 24;
 /// Height of the footer line with the view box.

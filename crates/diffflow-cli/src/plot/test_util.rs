@@ -4,7 +4,7 @@ use std::f64::consts::TAU;
 use std::fs;
 use std::path::Path;
 
-use super::{Panel, Style};
+use super::{ImageFormat, Panel, Style};
 
 /// `n` points on four concentric rings (radii 1..4) with a little noise,
 /// from a small deterministic generator; labels are the ring index.
@@ -73,8 +73,8 @@ pub(super) fn hist<'a>(title: &str, pts: &'a [f64]) -> Panel<'a> {
 }
 
 /// FNV-1a of a written picture's size and decoded RGB pixels: a change of any pixel
-/// changes it. The expected values below were computed before `plot.rs` was split into
-/// a folder (commit "plot: pixel hashes of every kind of picture").
+/// changes it. The expected values of the panel and line-chart pictures were computed
+/// before `plot.rs` was split into a folder, and still hold after it.
 pub(super) fn pixel_hash(path: &Path) -> u64 {
     use diffflow::checkpoint::{fnv1a64, FNV_OFFSET};
     let img = decode(path);
@@ -82,4 +82,24 @@ pub(super) fn pixel_hash(path: &Path) -> u64 {
     let state = fnv1a64(FNV_OFFSET, &w.to_le_bytes());
     let state = fnv1a64(state, &h.to_le_bytes());
     fnv1a64(state, img.as_raw())
+}
+
+/// The format of `channels`×`height`×`width` images with values in `range`.
+pub(super) fn image_format(
+    channels: usize,
+    height: usize,
+    width: usize,
+    range: [f64; 2],
+) -> ImageFormat {
+    ImageFormat {
+        channels,
+        height,
+        width,
+        range,
+    }
+}
+
+/// Grey `h`×`w` images with values in [0, 1).
+pub(super) fn grey(h: usize, w: usize) -> ImageFormat {
+    image_format(1, h, w, [0.0, 1.0])
 }
