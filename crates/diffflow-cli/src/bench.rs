@@ -22,9 +22,10 @@ pub struct BenchArgs {
     /// Built-in 2-D data set.
     #[arg(long, default_value = "olympic")]
     dataset: String,
-    /// Worker threads for training and sampling (and for the GEMM probe).
-    #[arg(long, default_value_t = 1)]
-    threads: usize,
+    /// Worker threads for training and sampling (and for the GEMM probe); default: all
+    /// cores.
+    #[arg(long)]
+    threads: Option<usize>,
     /// Timed training iterations.
     #[arg(long, default_value_t = 5)]
     iters: usize,
@@ -125,13 +126,7 @@ pub fn peak_rss_mb() -> f64 {
 
 /// CPU seconds (user + system) used so far by all threads of the process.
 fn cpu_seconds() -> f64 {
-    // SAFETY: getrusage only writes the struct it is given.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
-        return f64::NAN;
-    }
-    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
-    tv(ru.ru_utime) + tv(ru.ru_stime)
+    diffflow::train::budget::process_cpu_seconds().unwrap_or(f64::NAN)
 }
 
 fn cpu_model() -> String {
@@ -153,7 +148,10 @@ fn config(args: &BenchArgs) -> Result<RunConfig> {
     c.data.test_size = 1;
     let t = &mut c.train;
     t.iters = args.warmup + args.iters;
-    t.threads = args.threads;
+    t.threads = args
+        .threads
+        .unwrap_or_else(diffflow::par::default_threads)
+        .max(1);
     if let Some(v) = args.batch {
         t.batch = v;
     }

@@ -208,7 +208,7 @@ pub fn run(args: CompareArgs) -> Result<()> {
     };
     let threads = args
         .threads
-        .unwrap_or_else(|| diffflow::par::default_threads().min(2))
+        .unwrap_or_else(diffflow::par::default_threads)
         .max(1);
     let batch = args.batch.unwrap_or(if q { 128 } else { 1000 });
     let h = Hyper {

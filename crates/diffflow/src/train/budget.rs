@@ -33,23 +33,18 @@ impl std::fmt::Display for Budget {
     }
 }
 
-/// CPU time (user + system) of this process, all threads, in seconds, from
-/// `/proc/self/stat` (Linux; clock ticks of 1/100 s).
+/// CPU time (user + system) of this process, all threads, in seconds (`getrusage`; Unix).
 pub fn process_cpu_seconds() -> Result<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat")
-        .map_err(|e| Error::config(format!("CPU time needs /proc/self/stat (Linux): {e}")))?;
-    let bad = || Error::config("unexpected /proc/self/stat format");
-    // Fields after the parenthesised command name (which may hold spaces): state is field 3,
-    // utime 14, stime 15, so utime is index 11 and stime 12 after the name.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).ok_or_else(bad)?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let tick = |i: usize| -> Result<f64> {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .ok_or_else(bad)
-    };
-    Ok((tick(11)? + tick(12)?) / 100.0)
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
+        return Err(Error::config(format!(
+            "cannot read the process's CPU time: {}",
+            std::io::Error::last_os_error()
+        )));
+    }
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+    Ok(tv(ru.ru_utime) + tv(ru.ru_stime))
 }
 
 /// How a budgeted run schedules itself over the fraction `f` of its budget used.
