@@ -50,10 +50,15 @@ fn spawn_quiet(args: &[&str]) -> Child {
         .unwrap()
 }
 
-fn wait_for(path: &Path, what: impl Fn(&Path) -> bool) {
+/// Waits (at most 60 s) until `what(path)` holds; `why` names the condition.
+fn wait_for(path: &Path, why: &str, what: impl Fn(&Path) -> bool) {
     let t0 = Instant::now();
     while !what(path) {
-        assert!(t0.elapsed() < Duration::from_secs(60), "timed out waiting");
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "timed out waiting for {why} ({})",
+            path.display()
+        );
         std::thread::sleep(Duration::from_millis(1));
     }
 }
@@ -166,11 +171,13 @@ fn sigkill_at_random_moments_always_leaves_a_loadable_resumable_run() {
     let mut rng = Rng::new(20240605);
     let mut child = spawn_quiet(&["--config", s(&config), "--out", s(&run)]);
     // A fresh run writes its step-0 checkpoint before the first iteration.
-    wait_for(&run.join(MODEL_FILE), |p| p.exists());
+    wait_for(&run.join(MODEL_FILE), "the step-0 checkpoint", |p| {
+        p.exists()
+    });
     let mut start_inode = checkpoint_inode(&run);
     let (mut steps, mut mid_write, mut missed) = (Vec::new(), 0, 0);
     for kill in 1..=24 {
-        wait_for(&run, |r| {
+        wait_for(&run, "a new checkpoint renamed over the old one", |r| {
             let ino = checkpoint_inode(r);
             ino.is_some() && ino != start_inode
         });
@@ -236,7 +243,7 @@ fn sigint_and_sigterm_write_a_checkpoint_and_exit_130() {
             .spawn()
             .unwrap();
         // Training is under way once the first metrics line is written.
-        wait_for(&run.join(METRICS_FILE), |p| {
+        wait_for(&run.join(METRICS_FILE), "the first metrics line", |p| {
             std::fs::read(p).is_ok_and(|b| !b.is_empty())
         });
         // The shell's `kill` builtin: no dependency on a `kill` binary.

@@ -139,8 +139,13 @@ fn mean(v: &[f64]) -> f64 {
     v.iter().sum::<f64>() / v.len() as f64
 }
 
+/// max |a − b|; the values must be finite (a NaN would compare as no difference).
 fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
     assert_eq!(a.len(), b.len());
+    assert!(
+        a.iter().chain(b).all(|v| v.is_finite()),
+        "non-finite values: {a:?} vs {b:?}"
+    );
     a.iter()
         .zip(b)
         .map(|(x, y)| (x - y).abs())

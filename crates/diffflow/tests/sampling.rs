@@ -262,6 +262,10 @@ fn tweedie_step_is_the_posterior_mean_to_second_order_in_dt() {
         let f1 = flow.drift.engine().unwrap().eval(&x1t, t1).unwrap();
         let s1 = flow.score.engine().unwrap().eval(&x1t, t1).unwrap();
         let got = rows(&tweedie_step(&x1t, &f1, &s1, h, m.g()).unwrap());
+        assert!(
+            got.iter().all(|v| v.is_finite()),
+            "h = {h}: non-finite output"
+        );
         let (mut err, mut corr) = (0.0f64, 0.0f64);
         for (x, y) in x1.chunks_exact(2).zip(got.chunks_exact(2)) {
             let kx = apply(&k, x);
