@@ -51,10 +51,15 @@ fn spawn_quiet(args: &[&str]) -> Child {
         .unwrap()
 }
 
-fn wait_for(path: &Path, what: impl Fn(&Path) -> bool) {
+/// Waits (at most 60 s) until `what(path)` holds; `why` names the condition.
+fn wait_for(path: &Path, why: &str, what: impl Fn(&Path) -> bool) {
     let t0 = Instant::now();
     while !what(path) {
-        assert!(t0.elapsed() < Duration::from_secs(60), "timed out waiting");
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "timed out waiting for {why} ({})",
+            path.display()
+        );
         std::thread::sleep(Duration::from_millis(1));
     }
 }
@@ -90,6 +95,73 @@ fn assert_resumes_like_uninterrupted(run: &Path, config: &Path, reference: &Path
     assert_eq!(read(run, MODEL_FILE), read(reference, MODEL_FILE));
 }
 
+/// Whether a checkpoint temp file (`.model.safetensors.tmpPID`) is in `run`.
+fn has_temp(run: &Path) -> bool {
+    std::fs::read_dir(run).unwrap().any(|e| {
+        let name = e.unwrap().file_name();
+        name.to_string_lossy().starts_with(".model.safetensors.tmp")
+    })
+}
+
+/// The inode of the checkpoint (each atomic write renames a new file over it).
+fn checkpoint_inode(run: &Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(run.join(MODEL_FILE))
+        .ok()
+        .map(|m| m.ino())
+}
+
+/// SIGKILLs `child` in the middle of a checkpoint write: polls for its temp file
+/// (`.model.safetensors.tmpPID`, one `stat` per poll), freezes the process (SIGSTOP, then
+/// waits until it is stopped), and kills it if the temp file is still there, so the kill
+/// lands between the file's creation and its rename; else lets it go on (SIGCONT) and waits
+/// for the next write. Returns the number of writes seen but missed.
+fn kill_mid_write(child: &mut Child, run: &Path) -> usize {
+    let pid = child.id() as libc::pid_t;
+    let temp = run.join(format!(".{MODEL_FILE}.tmp{pid}"));
+    let t0 = Instant::now();
+    let mut missed = 0;
+    loop {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "no checkpoint write caught in 60 s ({missed} missed)"
+        );
+        if !temp.exists() {
+            continue;
+        }
+        // SAFETY: plain system calls on our own child, which is not reaped before
+        // `child.wait()` (waitpid with WUNTRACED reports a stop without reaping).
+        let mut status = 0;
+        let stopped = unsafe {
+            libc::kill(pid, libc::SIGSTOP) == 0
+                && libc::waitpid(pid, &mut status, libc::WUNTRACED) == pid
+        };
+        assert!(
+            stopped && libc::WIFSTOPPED(status),
+            "training process did not stop (status {status})"
+        );
+        if temp.exists() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            return missed;
+        }
+        missed += 1;
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+    }
+}
+
+/// SIGKILL at random moments, each after training has progressed, and every fourth kill in
+/// the middle of a checkpoint write. Why these moments: a kill right after a (re)start would
+/// find nothing but the checkpoint the process started from, and a kill at a random moment
+/// rarely lands inside a write (a few milliseconds out of each checkpoint interval, less on
+/// a fast disk). So before each kill the test waits until the process has replaced the
+/// checkpoint (a new inode; a resumed run writes its first checkpoint only after training
+/// iterations), then waits a random 0-60 ms more (so the kills fall anywhere in the
+/// iteration, logging and checkpoint cycle), or for every fourth kill catches a write in the
+/// act (see [`kill_mid_write`]). Both properties then hold by construction, whatever the
+/// machine's speed or load: the checkpoint step grows at every kill and at least six kills
+/// leave a temp file beside an intact checkpoint.
 #[test]
 fn sigkill_at_random_moments_always_leaves_a_loadable_resumable_run() {
     let tmp = tempfile::tempdir().unwrap();
@@ -100,18 +172,26 @@ fn sigkill_at_random_moments_always_leaves_a_loadable_resumable_run() {
     let mut rng = Rng::new(20240605);
     let mut child = spawn_quiet(&["--config", s(&config), "--out", s(&run)]);
     // A fresh run writes its step-0 checkpoint before the first iteration.
-    wait_for(&run.join(MODEL_FILE), |p| p.exists());
-    let (mut steps, mut mid_write) = (Vec::new(), 0);
+    wait_for(&run.join(MODEL_FILE), "the step-0 checkpoint", |p| {
+        p.exists()
+    });
+    let mut start_inode = checkpoint_inode(&run);
+    let (mut steps, mut mid_write, mut missed) = (Vec::new(), 0, 0);
     for kill in 1..=24 {
-        std::thread::sleep(Duration::from_micros((rng.uniform() * 120_000.0) as u64));
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
-        // Killed while writing a checkpoint: its temp file is left beside the intact one.
-        let temp = std::fs::read_dir(&run).unwrap().any(|e| {
-            let name = e.unwrap().file_name();
-            name.to_string_lossy().starts_with(".model.safetensors.tmp")
+        wait_for(&run, "a new checkpoint renamed over the old one", |r| {
+            let ino = checkpoint_inode(r);
+            ino.is_some() && ino != start_inode
         });
-        mid_write += usize::from(temp);
+        if kill % 4 == 0 {
+            missed += kill_mid_write(&mut child, &run);
+            assert!(has_temp(&run), "kill {kill}");
+        } else {
+            std::thread::sleep(Duration::from_micros((rng.uniform() * 60_000.0) as u64));
+            child.kill().unwrap(); // SIGKILL
+            child.wait().unwrap();
+        }
+        // Killed while writing a checkpoint: its temp file is left beside the intact one.
+        mid_write += usize::from(has_temp(&run));
         // The folder loads and resumes, whatever the moment of the kill.
         let loaded = Model::load(&run, Some(Checkpoint::Last), None)
             .unwrap_or_else(|e| panic!("kill {kill}: {e}"));
@@ -120,14 +200,18 @@ fn sigkill_at_random_moments_always_leaves_a_loadable_resumable_run() {
         assert_eq!(trainer.step, loaded.step);
         steps.push(loaded.step);
         if kill < 24 {
+            start_inode = checkpoint_inode(&run);
             child = spawn_quiet(&["--resume", s(&run)]);
         }
     }
     println!(
-        "24 SIGKILLs ({mid_write} left a checkpoint temp file); checkpoint step after each: \
-         {steps:?}"
+        "24 SIGKILLs ({mid_write} left a checkpoint temp file; {missed} writes finished before \
+         the process stopped); checkpoint step after each: {steps:?}"
     );
-    assert!(steps.windows(2).all(|w| w[0] <= w[1]), "{steps:?}");
+    // Every kill came after progress, so the checkpoint step strictly grows from above 0.
+    assert!(steps[0] > 0, "{steps:?}");
+    assert!(steps.windows(2).all(|w| w[0] < w[1]), "{steps:?}");
+    assert!(mid_write >= 6, "{mid_write} kills landed mid-write");
     // Finish 15 iterations past the last checkpoint: the run ends exactly as one of that
     // length that was never interrupted, with no temp file left.
     let reference = tmp.path().join("reference");
@@ -161,7 +245,7 @@ fn sigint_and_sigterm_write_a_checkpoint_and_exit_130() {
             .spawn()
             .unwrap();
         // Training is under way once the first metrics line is written.
-        wait_for(&run.join(METRICS_FILE), |p| {
+        wait_for(&run.join(METRICS_FILE), "the first metrics line", |p| {
             std::fs::read(p).is_ok_and(|b| !b.is_empty())
         });
         // The shell's `kill` builtin: no dependency on a `kill` binary.

@@ -201,71 +201,158 @@ fn tweedie_step_removes_exactly_the_last_noise() {
     }
 }
 
+/// 2 x 2 matrices, row-major.
+type M2 = [f64; 4];
+
+fn mul(a: &M2, b: &M2) -> M2 {
+    [
+        a[0] * b[0] + a[1] * b[2],
+        a[0] * b[1] + a[1] * b[3],
+        a[2] * b[0] + a[3] * b[2],
+        a[2] * b[1] + a[3] * b[3],
+    ]
+}
+
+fn transpose(a: &M2) -> M2 {
+    [a[0], a[2], a[1], a[3]]
+}
+
+fn inverse(a: &M2) -> M2 {
+    let det = a[0] * a[3] - a[1] * a[2];
+    [a[3] / det, -a[1] / det, -a[2] / det, a[0] / det]
+}
+
+fn apply(a: &M2, v: &[f64]) -> [f64; 2] {
+    [a[0] * v[0] + a[1] * v[1], a[2] * v[0] + a[3] * v[1]]
+}
+
+/// The posterior mean of the data point given the first forward step (11) of the Gaussian
+/// model, in closed form. With `x_0 ~ N(μ, Σ)` (the data), `f(x) = A x + b` and
+/// `x_1 = M x_0 + b h + g √h ε`, `M = I + A h`, the pair is jointly Gaussian:
+/// `x_1 ~ N(M μ + b h, S)`, `S = M Σ Mᵀ + g² h I`, `Cov(x_0, x_1) = Σ Mᵀ`, so
+/// `E[x_0 | x_1] = K x_1 + c` with `K = Σ Mᵀ S⁻¹`, `c = μ − K (M μ + b h)`, and over `x_1`
+/// it has mean `μ` and covariance `K S Kᵀ`. Returns `(K, c, S)`.
+fn posterior_mean(m: &GaussianFlow, h: f64) -> (M2, [f64; 2], M2) {
+    let (t0, _) = m.span();
+    let (mu, sigma) = (m.mean_at(t0), m.cov_at(t0));
+    let sigma: M2 = sigma.try_into().unwrap();
+    let (a, b) = m.coefficients(Field::Drift, t0);
+    let mm: M2 = [1.0 + a[0] * h, a[1] * h, a[2] * h, 1.0 + a[3] * h];
+    let q = m.g() * m.g() * h;
+    let mut s = mul(&mul(&mm, &sigma), &transpose(&mm));
+    s[0] += q;
+    s[3] += q;
+    let k = mul(&mul(&sigma, &transpose(&mm)), &inverse(&s));
+    let mean1 = apply(&mm, &mu);
+    let kx = apply(&k, &[mean1[0] + b[0] * h, mean1[1] + b[1] * h]);
+    (k, [mu[0] - kx[0], mu[1] - kx[1]], s)
+}
+
 #[test]
-fn tweedie_step_is_the_closed_form_denoiser_on_the_gaussian_model() {
-    // x1 ~ p_{t_1} = N(m1, P1) exactly; x̂0 = x1 − f(x1) Δt + g² Δt s(x1) = L x1 + c with
-    // L = I − A Δt − g² Δt P1⁻¹, so Cov(x̂0) = L P1 Lᵀ (in the basis: (1 − α_i Δt − g²Δt/p_i)² p_i).
+fn tweedie_step_is_the_posterior_mean_to_second_order_in_dt() {
+    // Tweedie's formula gives E[y | x_1] = x_1 + g² h ∇log p̃_1(x_1) exactly for
+    // y = x_0 + f(x_0) h; the step uses the model's score s(., t_1) for ∇log p̃_1 (they
+    // differ by O(h²)) and undoes the drift to first order (x_0 = y − f(y) h + O(h²)), so
+    // x̂_0 − E[x_0 | x_1] = O(h²), while the correction E[x_0 | x_1] − x_1 itself is O(h).
+    // An error of first order (a factor on g² h, a missing drift or score term, Δt or t
+    // of the wrong step) leaves an O(h) difference and fails both checks.
     let m = model();
     let flow = m.flow().unwrap();
-    let steps = uniform_steps(&m, 5);
-    let (t1, dt, g) = (steps.t[1], steps.dt(0), m.g());
-    let (mu1, p1) = (m.mean_at(t1), m.cov_at(t1));
-    let d = 2;
-    let n = 100_000;
-    let l = {
-        // Cholesky of P1
-        let a = p1[0].sqrt();
-        let b = p1[2] / a;
-        [a, 0.0, b, (p1[3] - b * b).sqrt()]
+    let (t0, _) = m.span();
+    let points = 200;
+    let e = Rng::new(2).normals(points * 2);
+    let ((a, b), mu) = (m.coefficients(Field::Drift, t0), m.mean_at(t0));
+    let mut errs = Vec::new();
+    for h in [0.02, 0.01, 0.005, 0.0025] {
+        let (k, c, s) = posterior_mean(&m, h);
+        // Points spread like x_1: x_1 = E[x_1] + chol(S) e.
+        let mean1 = [
+            mu[0] + (a[0] * mu[0] + a[1] * mu[1] + b[0]) * h,
+            mu[1] + (a[2] * mu[0] + a[3] * mu[1] + b[1]) * h,
+        ];
+        let l0 = s[0].sqrt();
+        let l1 = s[2] / l0;
+        let l2 = (s[3] - l1 * l1).sqrt();
+        let x1: Vec<f64> = e
+            .chunks_exact(2)
+            .flat_map(|r| [mean1[0] + l0 * r[0], mean1[1] + l1 * r[0] + l2 * r[1]])
+            .collect();
+        let x1t = Tensor::from_vec(x1.clone(), (points, 2), &Device::Cpu).unwrap();
+        let t1 = t0 + h;
+        let f1 = flow.drift.engine().unwrap().eval(&x1t, t1).unwrap();
+        let s1 = flow.score.engine().unwrap().eval(&x1t, t1).unwrap();
+        let got = rows(&tweedie_step(&x1t, &f1, &s1, h, m.g()).unwrap());
+        assert!(
+            got.iter().all(|v| v.is_finite()),
+            "h = {h}: non-finite output"
+        );
+        let (mut err, mut corr) = (0.0f64, 0.0f64);
+        for (x, y) in x1.chunks_exact(2).zip(got.chunks_exact(2)) {
+            let kx = apply(&k, x);
+            for i in 0..2 {
+                let want = kx[i] + c[i];
+                err = err.max((y[i] - want).abs());
+                corr = corr.max((want - x[i]).abs());
+            }
+        }
+        eprintln!("h = {h}: max |x̂0 − E[x0|x1]| = {err:.3e}, max |E[x0|x1] − x1| = {corr:.3e}");
+        assert!(
+            err < 0.05 * corr,
+            "h = {h}: error {err} vs correction {corr}"
+        );
+        errs.push(err);
+    }
+    for w in errs.windows(2) {
+        let ratio = w[0] / w[1];
+        assert!(
+            (3.3..4.7).contains(&ratio),
+            "halving h divides the error by {ratio}, expected 4 (second order): {errs:?}"
+        );
+    }
+}
+
+#[test]
+fn sample_sde_with_tweedie_has_the_law_of_the_posterior_mean() {
+    // The backward SDE down to x_1 ~ p_{t_1}, then the Tweedie step: the output must have
+    // the law of E[x_0 | x_1], N(μ, K S Kᵀ), not the data's N(μ, Σ) (which the last
+    // Euler–Maruyama step gives) nor that of x_1. A large first step h = Δt_0 = 0.02 makes
+    // the difference large (the variance along the first basis direction drops by 6.5%, 11
+    // standard errors here); its O(h²) part (0.3%) and the Euler–Maruyama bias of the 300
+    // steps above (0.2%) are well inside the 4 standard errors allowed. Moments are checked
+    // in the model's basis (angle 0.6), where the covariance is diagonal.
+    let m = model();
+    let flow = m.flow().unwrap();
+    let (t0, t_end) = m.span();
+    let h = 0.02;
+    let t1 = t0 + h;
+    let mut t = vec![t0];
+    t.extend((0..=300).map(|i| t1 + (t_end - t1) * i as f64 / 300.0));
+    let steps = Steps::new(t, &flow.diffusion);
+    let n = 60_000;
+    let x = rows(&sample_sde(&flow, n, &steps, 1.0, true, 5000, &mut Rng::new(13)).unwrap());
+    let (sn, cs) = 0.6f64.sin_cos();
+    let basis: M2 = [cs, -sn, sn, cs];
+    let to_basis = |v: &[f64]| apply(&transpose(&basis), v);
+    let y: Vec<f64> = x.chunks_exact(2).flat_map(to_basis).collect();
+    let in_basis = |c: &[f64]| -> Vec<f64> {
+        let c: M2 = c.try_into().unwrap();
+        mul(&mul(&transpose(&basis), &c), &basis).to_vec()
     };
-    let mut rng = Rng::new(2);
-    let e = rng.normals(n * d);
-    let x1: Vec<f64> = e
-        .chunks_exact(d)
-        .flat_map(|r| [mu1[0] + l[0] * r[0], mu1[1] + l[2] * r[0] + l[3] * r[1]])
-        .collect();
-    let x1t = Tensor::from_vec(x1, (n, d), &Device::Cpu).unwrap();
-    let f1 = flow.drift.engine().unwrap().eval(&x1t, t1).unwrap();
-    let s1 = flow.score.engine().unwrap().eval(&x1t, t1).unwrap();
-    let out = rows(&tweedie_step(&x1t, &f1, &s1, dt, g).unwrap());
-    // The closed form.
-    let (a, _) = m.coefficients(Field::Drift, t1);
-    let (sm, _) = m.coefficients(Field::Score, t1); // = −P1⁻¹
-    let mut lmat = [0.0; 4];
-    for i in 0..d {
-        for j in 0..d {
-            let id = if i == j { 1.0 } else { 0.0 };
-            lmat[i * d + j] = id - a[i * d + j] * dt + g * g * dt * sm[i * d + j];
-        }
+    let (k, _, s) = posterior_mean(&m, h);
+    let want = in_basis(&mul(&mul(&k, &s), &transpose(&k)));
+    let mu = to_basis(&m.mean_at(t0));
+    // The test can tell the posterior mean from the data and from x_1.
+    let se0 = want[0] * (2.0 / n as f64).sqrt();
+    for (what, other) in [("data", m.cov_at(t0)), ("x_1", m.cov_at(t1))] {
+        let other = in_basis(&other);
+        assert!(
+            (other[0] - want[0]).abs() > 8.0 * se0,
+            "{what}: {} vs {}",
+            other[0],
+            want[0]
+        );
     }
-    let mut want = [0.0; 4];
-    for i in 0..d {
-        for j in 0..d {
-            want[i * d + j] = (0..d)
-                .flat_map(|k| (0..d).map(move |q| (k, q)))
-                .map(|(k, q)| lmat[i * d + k] * p1[k * d + q] * lmat[j * d + q])
-                .sum();
-        }
-    }
-    let (_, c) = moments(&out, d);
-    for i in 0..d {
-        for j in 0..d {
-            let se =
-                ((want[i * d + i] * want[j * d + j] + want[i * d + j].powi(2)) / n as f64).sqrt();
-            assert!(
-                (c[i * d + j] - want[i * d + j]).abs() < 4.0 * se,
-                "cov[{i},{j}] {} vs L P1 Lᵀ {}",
-                c[i * d + j],
-                want[i * d + j]
-            );
-        }
-    }
-    // The Euler–Maruyama step (lambda = 1) from the same x1 has covariance L P1 Lᵀ + g² Δt I.
-    eprintln!(
-        "Tweedie: Cov(x1) {p1:.4?} -> Cov(x0) {c:.4?} (closed form L P1 Lᵀ {want:.4?}; the \
-         EM step adds g² Δt = {:.4} on the diagonal)",
-        g * g * dt
-    );
+    assert_moments(&y, &mu, &want, "Tweedie (model basis)");
 }
 
 #[test]
