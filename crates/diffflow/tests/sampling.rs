@@ -329,7 +329,7 @@ fn sample_sde_with_tweedie_has_the_law_of_the_posterior_mean() {
     t.extend((0..=300).map(|i| t1 + (t_end - t1) * i as f64 / 300.0));
     let steps = Steps::new(t, &flow.diffusion);
     let n = 60_000;
-    let x = rows(&sample_sde(&flow, n, &steps, 1.0, true, 5000, &mut Rng::new(13)).unwrap());
+    let x = rows(&sample_sde(&flow, n, &steps, 1.0, true, 5000, 2, &mut Rng::new(13)).unwrap());
     let (sn, cs) = 0.6f64.sin_cos();
     let basis: M2 = [cs, -sn, sn, cs];
     let to_basis = |v: &[f64]| apply(&transpose(&basis), v);
