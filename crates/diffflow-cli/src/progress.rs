@@ -7,6 +7,15 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
 use std::time::Instant;
 
+/// ` N k` for a loss on a time grid of k steps; nothing for the ε loss (N = 0).
+fn steps_label(n: usize) -> String {
+    if n > 0 {
+        format!(" N {n} ")
+    } else {
+        String::new()
+    }
+}
+
 /// Shows iteration, loss, N, it/s and ETA.
 pub struct TrainProgress {
     bar: ProgressBar,
@@ -77,7 +86,7 @@ impl Observer for TrainProgress {
         };
         self.smoothed = Some(sm);
         self.bar.set_position(s.step as u64);
-        self.bar.set_message(format!("loss {sm:.4} N {}", s.n));
+        self.bar.set_message(format!("loss {sm:.4}{}", steps_label(s.n)));
     }
 
     fn restart(&mut self, r: &Restart) {
@@ -113,11 +122,11 @@ impl Observer for TrainProgress {
         if !self.tty && (r.step >= self.next_line || r.step == self.total) {
             self.next_line = r.step + (self.total / 10).max(1);
             eprintln!(
-                "step {:>6}/{}  loss {:.4}  N {}  lr {:.2e}  {:.2} it/s",
+                "step {:>6}/{}  loss {:.4} {} lr {:.2e}  {:.2} it/s",
                 r.step,
                 self.total,
                 r.loss,
-                r.n,
+                steps_label(r.n),
                 r.lr,
                 self.rate(r.step)
             );
