@@ -6,6 +6,8 @@
 //! weights loaded by their official names, and everything recomputed and compared per tensor
 //! by max|ours − theirs| / max|theirs|: 1e-9 for float64 files, 1e-4 for float32 files.
 
+mod common;
+
 use candle_core::{DType, Tensor};
 use diffflow::adjoint::{adjoint_gradient, naive_gradient, Gradient};
 use diffflow::checkpoint::{self, TensorFile};
@@ -40,8 +42,8 @@ fn rel(ours: &Tensor, theirs: &Tensor) -> f64 {
         .iter()
         .zip(&b)
         .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f64::max);
-    let scale = b.iter().map(|y| y.abs()).fold(0.0, f64::max);
+        .fold(0.0, common::nan_max);
+    let scale = b.iter().map(|y| y.abs()).fold(0.0, common::nan_max);
     if scale > 0.0 {
         diff / scale
     } else {
