@@ -15,8 +15,7 @@ use crate::metrics::frechet::{frechet_distance_stats, FeatureStats};
 use crate::nn::lenet::{LeNet, CLASSES, FEATURES, INPUT};
 use crate::par::par_map;
 use crate::{Error, Result};
-use candle_core::D;
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Tensor, D};
 use std::path::Path;
 
 /// The shipped weights (`assets/lenet/lenet_mnist.safetensors`; how they were made:
@@ -88,9 +87,9 @@ impl Classifier {
             let (lo, hi) = (c * CHUNK, ((c + 1) * CHUNK).min(n));
             let x = Tensor::from_slice(&images[lo * INPUT..hi * INPUT], (hi - lo, INPUT), &device)?;
             let (f, z) = self.net.forward(&x.to_dtype(DType::F32)?)?;
-            let p = candle_core::Tensor::exp(
-                &z.broadcast_sub(&z.log_sum_exp(D::Minus1)?.unsqueeze(1)?)?,
-            )?;
+            let p = z
+                .broadcast_sub(&z.log_sum_exp(D::Minus1)?.unsqueeze(1)?)?
+                .exp()?;
             let flat = |t: &Tensor| -> Result<Vec<f64>> {
                 Ok(t.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?)
             };

@@ -4,10 +4,14 @@
 //! conv 5x5 (1 → 6), ReLU, max-pool 2 → conv 5x5 (6 → 16), ReLU, max-pool 2 → linear
 //! 256 → 120, ReLU → linear 120 → 84, ReLU (the [`FEATURES`]) → linear 84 → 10 (logits).
 //!
-//! Each convolution is an im2col gather (`index_select` with a fixed index, independent of
-//! the batch size) followed by one matrix product; activations stay channel-last between the
-//! two convolutions and are flattened channel-first (`[16, 4, 4]`) before the first linear
-//! layer. Parameters use PyTorch's layouts and names (`conv1.weight` `[6, 1, 5, 5]`,
+//! Inside, activations are laid out batch-innermost, `[C, H, W, B]`: each convolution is
+//! then an im2col gather of whole rows of B values (`index_select` along dim 0 with a fixed
+//! index, independent of B) and one product `W [C_out, C·25] · patches [C·25, H·W·B]`,
+//! pooling reduces over two middle dimensions, and the flattened `[16, 4, 4]` map is already
+//! in PyTorch's `(c, h, w)` order for the first linear layer. (Measured: in batch-first
+//! layout the element-by-element gathers took 80% of the forward pass; this layout runs it
+//! 2.3 times faster, 37.5 against 86 ms of CPU for 500 images, one thread.)
+//! Parameters use PyTorch's layouts and names (`conv1.weight` `[6, 1, 5, 5]`,
 //! `fc1.weight` `[120, 256]`, …), so the weights file loads into the same PyTorch model.
 //! Everything is candle ops, differentiated by candle's autograd; training uses the
 //! project's [`Adam`] and draws every random number from our [`Rng`].
@@ -50,24 +54,24 @@ const PARAMS: [(&str, &[usize]); 10] = [
 /// The network: parameters and the two im2col gather indices.
 pub struct LeNet {
     vars: Vec<(String, Var)>,
-    /// Gather of conv1's patches from a `[28, 28, 1]` image: [24·24·25].
+    /// Rows of conv1's patches in a `[1·28·28, B]` input: [25·24·24].
     patches1: Tensor,
-    /// Gather of conv2's patches from a `[12, 12, 6]` map: [8·8·150].
+    /// Rows of conv2's patches in a `[6·12·12, B]` map: [150·8·8].
     patches2: Tensor,
 }
 
-/// Indices into one channel-last `[side, side, c]` map of the `k x k` patches of a valid
-/// convolution, one patch per output pixel (row-major), each ordered `(c, ky, kx)` like a
-/// PyTorch weight row. Shapes: → `[(side−k+1)², c·k·k]` flattened.
+/// Row indices into a channel-first `[c, side, side]` map (one row per pixel) of the `k x k`
+/// patches of a valid convolution: patch entry `(c, ky, kx)` (a PyTorch weight row's order)
+/// major, output pixel `(oy, ox)` minor. Shapes: → `[c·k·k, (side−k+1)²]` flattened.
 fn patch_index(side: usize, c: usize, k: usize) -> Vec<u32> {
     let out = side - k + 1;
     let mut idx = Vec::with_capacity(out * out * c * k * k);
-    for oy in 0..out {
-        for ox in 0..out {
-            for ci in 0..c {
-                for ky in 0..k {
-                    for kx in 0..k {
-                        idx.push((((oy + ky) * side + ox + kx) * c + ci) as u32);
+    for ci in 0..c {
+        for ky in 0..k {
+            for kx in 0..k {
+                for oy in 0..out {
+                    for ox in 0..out {
+                        idx.push((ci * side * side + (oy + ky) * side + ox + kx) as u32);
                     }
                 }
             }
@@ -159,32 +163,38 @@ impl LeNet {
         self.vars[i].1.as_tensor()
     }
 
-    /// `relu(patches · Wᵀ + b)` of a channel-last batch `x` [B, side·side·c] for the conv
-    /// whose weight is var `w`: → [B, out·out, c_out] (`out = side − 4`).
+    /// `relu(W · patches + b)` of a batch-innermost map `x` [c·side·side, B] for the conv
+    /// whose weight is var `w`: → [c_out, out·out·B] (`out = side − 4`).
     fn conv(&self, x: &Tensor, index: &Tensor, w: usize) -> Result<Tensor> {
         let weight = self.var(w);
         let (c_out, c_in) = (weight.dim(0)?, weight.dim(1)?);
-        let b = x.dim(0)?;
-        let cols = c_in * K * K;
-        let positions = index.dim(0)? / cols;
-        let p = x.index_select(index, 1)?.reshape((b * positions, cols))?;
-        let y = p
-            .matmul(&weight.reshape((c_out, cols))?.t()?)?
-            .broadcast_add(self.var(w + 1))?
+        let b = x.dim(1)?;
+        let rows = c_in * K * K;
+        let positions = index.dim(0)? / rows;
+        let p = x.index_select(index, 0)?.reshape((rows, positions * b))?;
+        let y = weight
+            .reshape((c_out, rows))?
+            .matmul(&p)?
+            .broadcast_add(&self.var(w + 1).unsqueeze(1)?)?
             .relu()?;
-        Ok(y.reshape((b, positions, c_out))?)
+        Ok(y)
     }
 
-    /// Max over 2x2 blocks of a channel-last map [B, side·side, c] → [B, side/2, side/2, c].
-    fn pool(x: &Tensor, side: usize) -> Result<Tensor> {
-        let (b, _, c) = x.dims3()?;
-        let h = side / 2;
-        Ok(x.reshape((b, h, 2, h, 2, c))?.max(4)?.max(2)?)
+    /// Max over 2x2 blocks of a map [c, side·side·B] → [c·(side/2)², B].
+    fn pool(x: &Tensor, side: usize, b: usize) -> Result<Tensor> {
+        let (c, h) = (x.dim(0)?, side / 2);
+        Ok(x.reshape((c, h, 2, h, 2, b))?
+            .max(4)?
+            .max(2)?
+            .reshape((c * h * h, b))?)
     }
 
+    /// `W x + b` for columns `x` [in, B] → [out, B].
     fn linear(&self, x: &Tensor, w: usize) -> Result<Tensor> {
-        Ok(x.matmul(&self.var(w).t()?)?
-            .broadcast_add(self.var(w + 1))?)
+        Ok(self
+            .var(w)
+            .matmul(x)?
+            .broadcast_add(&self.var(w + 1).unsqueeze(1)?)?)
     }
 
     /// Features and logits. Shapes: `x` [B, 784] (row-major 28x28 images in `[−1, 1]`) →
@@ -196,15 +206,13 @@ impl LeNet {
                 "LeNet: images need {INPUT} pixels (28x28), got {d}"
             )));
         }
-        let x = x.to_dtype(self.var(0).dtype())?;
-        let h = Self::pool(&self.conv(&x, &self.patches1, 0)?, 24)?; // [B, 12, 12, 6]
-        let h = h.reshape((b, 12 * 12 * 6))?;
-        let h = Self::pool(&self.conv(&h, &self.patches2, 2)?, 8)?; // [B, 4, 4, 16]
-        let h = h.permute((0, 3, 1, 2))?.reshape((b, 256))?;
+        let x = x.to_dtype(self.var(0).dtype())?.t()?.contiguous()?; // [784, B]
+        let h = Self::pool(&self.conv(&x, &self.patches1, 0)?, 24, b)?; // [6·12·12, B]
+        let h = Self::pool(&self.conv(&h, &self.patches2, 2)?, 8, b)?; // [16·4·4, B]
         let h = self.linear(&h, 4)?.relu()?;
         let features = self.linear(&h, 6)?.relu()?;
         let logits = self.linear(&features, 8)?;
-        Ok((features, logits))
+        Ok((features.t()?.contiguous()?, logits.t()?.contiguous()?))
     }
 }
 
@@ -340,9 +348,15 @@ mod tests {
             .unwrap()
             .flatten_from(1)
             .unwrap();
-        let h = net.linear(&h, 4).unwrap().relu().unwrap();
-        let f = net.linear(&h, 6).unwrap().relu().unwrap();
-        let z = net.linear(&f, 8).unwrap();
+        let linear = |x: &Tensor, i: usize| {
+            x.matmul(&net.var(i).t().unwrap())
+                .unwrap()
+                .broadcast_add(net.var(i + 1))
+                .unwrap()
+        };
+        let h = linear(&h, 4).relu().unwrap();
+        let f = linear(&h, 6).relu().unwrap();
+        let z = linear(&f, 8);
         (f, z)
     }
 
