@@ -7,10 +7,13 @@
 //! without a graph and pulls cotangents back explicitly (vector-Jacobian products), which is
 //! what the stochastic adjoint needs. The MLP has a fused CPU engine; any other net gets
 //! [`AutogradEngine`], built on `forward`.
+//!
+//! [`lenet`] is not a [`TimeNet`]: it is the MNIST classifier of [`crate::classifier`].
 
 mod act;
 mod flops;
 mod kernel;
+pub mod lenet;
 mod mlp;
 
 pub use act::{fast, Activation, Real};
