@@ -16,7 +16,7 @@
 
 use super::{Gradient, LossParts};
 use crate::flow::{log_g_ratio_sum, Steps, HALF_LN_2PI};
-use crate::nn::{Mlp, MlpEngine, Real, Scratch, Tape, TimeFeatures, TimeNet};
+use crate::nn::{drain_into, Mlp, MlpEngine, Real, Scratch, Tape, TimeFeatures, TimeNet};
 use crate::{Error, Result};
 use candle_core::{Storage, StorageRef, Tensor};
 use std::any::Any;
@@ -235,14 +235,6 @@ fn fit<U: Real>(v: &mut Vec<U>, len: usize) {
     v.resize(len, U::zero());
 }
 
-/// `acc += v` (in f64), then `v = 0`.
-fn drain<T: Real>(acc: &mut [f64], v: &mut [T]) {
-    for (a, x) in acc.iter_mut().zip(v.iter_mut()) {
-        *a += x.to_f64();
-        *x = T::zero();
-    }
-}
-
 /// Adjoint sweep of one tile of rows `lo..hi` (see [`super::adjoint_chunk`]; the same
 /// operations in the same order, on slices, with the per-row quantities in f64).
 fn run_tile<T: Real>(sh: &Shared<T>, w: &mut Worker<T>, (lo, hi): (usize, usize), part: &mut Part) {
@@ -367,7 +359,7 @@ fn run_tile<T: Real>(sh: &Shared<T>, w: &mut Worker<T>, (lo, hi): (usize, usize)
             &mut w.scratch,
         );
         sh.fe.drain_grads(&mut part.drift, &mut w.node_f);
-        drain(&mut part.dh_drift[j * h..(j + 1) * h], &mut w.dh);
+        drain_into(&mut part.dh_drift[j * h..(j + 1) * h], &mut w.dh);
         for (a, v) in w.a.iter_mut().zip(&w.dx) {
             *a += v.to_f64();
         }
@@ -380,7 +372,7 @@ fn run_tile<T: Real>(sh: &Shared<T>, w: &mut Worker<T>, (lo, hi): (usize, usize)
                 &mut w.scratch,
             );
             sh.se.drain_grads(&mut part.score, &mut w.node_s);
-            drain(&mut part.dh_score[j * h..(j + 1) * h], &mut w.dh);
+            drain_into(&mut part.dh_score[j * h..(j + 1) * h], &mut w.dh);
             for (a, v) in w.a.iter_mut().zip(&w.dx) {
                 *a += v.to_f64();
             }
