@@ -20,7 +20,7 @@ pub use act::{fast, Activation, Real};
 pub use flops::{gemm_gflops, mlp_forward_flops, mlp_pullback_flops};
 #[cfg(test)]
 pub(crate) use kernel::FLOPS;
-pub use kernel::{MlpEngine, Scratch, Tape, TimeFeatures};
+pub use kernel::{drain_into, MlpEngine, Scratch, Tape, TimeFeatures};
 pub use mlp::{Mlp, MlpConfig, ParamKnob};
 
 use crate::Result;
