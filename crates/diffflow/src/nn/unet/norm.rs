@@ -1,0 +1,188 @@
+//! GroupNorm, optionally followed by SiLU, over channel-major activations `[C, B·hw]`, and
+//! its backward. Statistics and the backward's sums are accumulated in f64, so an f32 engine
+//! stays close to an f64 one.
+
+use super::config::GN_EPS;
+use crate::nn::{Activation, Real};
+
+/// A GroupNorm of `c` channels in `groups` groups over `batch` images of `hw` pixels.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Gn {
+    pub c: usize,
+    pub groups: usize,
+    pub batch: usize,
+    pub hw: usize,
+}
+
+/// Work buffers of [`backward`].
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Bufs<T> {
+    z: Vec<T>,
+    d: Vec<T>,
+    dz: Vec<T>,
+}
+
+/// `a ← SiLU(a)`, and `deriv ← SiLU'(a)` when given (the f32 path is the vectorised kernel).
+pub(crate) fn silu<T: Real>(a: &mut [T], deriv: Option<&mut [T]>) {
+    // `bias_act` with zero biases, on rows of `W` elements and then the tail.
+    const W: usize = 64;
+    let zeros = [T::zero(); W];
+    let full = a.len() / W * W;
+    let (a0, a1) = a.split_at_mut(full);
+    let tail = &zeros[..a1.len()];
+    match deriv {
+        Some(d) => {
+            let (d0, d1) = d[..full + tail.len()].split_at_mut(full);
+            T::bias_act(Activation::Silu, a0, &zeros, Some(d0));
+            if !tail.is_empty() {
+                T::bias_act(Activation::Silu, a1, tail, Some(d1));
+            }
+        }
+        None => {
+            T::bias_act(Activation::Silu, a0, &zeros, None);
+            if !tail.is_empty() {
+                T::bias_act(Activation::Silu, a1, tail, None);
+            }
+        }
+    }
+}
+
+impl Gn {
+    /// The columns `[c, b·hw .. (b+1)·hw)` of channel `c`, image `b`, in a `[C, B·hw]` buffer.
+    fn seg(&self, c: usize, b: usize) -> std::ops::Range<usize> {
+        let start = c * self.batch * self.hw + b * self.hw;
+        start..start + self.hw
+    }
+
+    /// Channels per group.
+    fn cg(&self) -> usize {
+        self.c / self.groups
+    }
+
+    /// The affine map `z = x·scale + shift` of channel `c` for statistics `(mean, rstd)`.
+    fn affine<T: Real>(gamma: T, beta: T, (mean, rstd): (f64, f64)) -> (T, T) {
+        let scale = gamma.to_f64() * rstd;
+        (T::from_f64(scale), T::from_f64(beta.to_f64() - mean * scale))
+    }
+}
+
+/// `out = GN(x)` (then SiLU when `silu`), keeping `(mean, rstd)` of every (image, group) in
+/// `stats` (index `b·groups + group`). Shapes: `x`, `out` `[C, B·hw]`, `gamma`, `beta` `[C]`.
+pub(crate) fn forward<T: Real>(
+    g: &Gn,
+    gamma: &[T],
+    beta: &[T],
+    x: &[T],
+    out: &mut [T],
+    stats: &mut Vec<(f64, f64)>,
+    silu_after: bool,
+) {
+    stats.clear();
+    let m = (g.cg() * g.hw) as f64;
+    for b in 0..g.batch {
+        for grp in 0..g.groups {
+            let chans = grp * g.cg()..(grp + 1) * g.cg();
+            let sum: f64 = chans
+                .clone()
+                .map(|c| x[g.seg(c, b)].iter().fold(0.0, |s, v| s + v.to_f64()))
+                .sum();
+            let mean = sum / m;
+            let ss: f64 = chans
+                .clone()
+                .map(|c| {
+                    x[g.seg(c, b)].iter().fold(0.0, |s, v| {
+                        let d = v.to_f64() - mean;
+                        s + d * d
+                    })
+                })
+                .sum();
+            let st = (mean, 1.0 / (ss / m + GN_EPS).sqrt());
+            stats.push(st);
+            for c in chans {
+                let (scale, shift) = Gn::affine(gamma[c], beta[c], st);
+                let o = &mut out[g.seg(c, b)];
+                for (o, v) in o.iter_mut().zip(&x[g.seg(c, b)]) {
+                    *o = *v * scale + shift;
+                }
+                if silu_after {
+                    silu(o, None);
+                }
+            }
+        }
+    }
+}
+
+/// Backward of [`forward`] for the output cotangent `dout`: writes (with the flag `true`,
+/// adds) the input cotangent into `dx`, and with `grads` adds the gradients of `gamma` and
+/// `beta` (f64). Shapes as [`forward`].
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn backward<T: Real>(
+    g: &Gn,
+    gamma: &[T],
+    beta: &[T],
+    x: &[T],
+    stats: &[(f64, f64)],
+    dout: &[T],
+    (dx, accumulate): (&mut [T], bool),
+    grads: Option<(&mut [f64], &mut [f64])>,
+    silu_after: bool,
+    bufs: &mut Bufs<T>,
+) {
+    let (hw, cg) = (g.hw, g.cg());
+    let m = (cg * hw) as f64;
+    super::conv::grow(&mut bufs.dz, cg * hw);
+    if silu_after {
+        super::conv::grow(&mut bufs.z, hw);
+        super::conv::grow(&mut bufs.d, hw);
+    }
+    let mut grads = grads;
+    for b in 0..g.batch {
+        for grp in 0..g.groups {
+            let (mean, rstd) = stats[b * g.groups + grp];
+            let (mut s1, mut s2) = (0.0, 0.0);
+            for k in 0..cg {
+                let c = grp * cg + k;
+                let (xs, ds) = (&x[g.seg(c, b)], &dout[g.seg(c, b)]);
+                let dz = &mut bufs.dz[k * hw..(k + 1) * hw];
+                if silu_after {
+                    let (scale, shift) = Gn::affine(gamma[c], beta[c], (mean, rstd));
+                    let (z, d) = (&mut bufs.z[..hw], &mut bufs.d[..hw]);
+                    for (z, v) in z.iter_mut().zip(xs) {
+                        *z = *v * scale + shift;
+                    }
+                    silu(z, Some(d));
+                    for ((o, a), b) in dz.iter_mut().zip(ds).zip(d.iter()) {
+                        *o = *a * *b;
+                    }
+                } else {
+                    dz.copy_from_slice(ds);
+                }
+                let (mut sd, mut sdx) = (0.0, 0.0);
+                for (dv, xv) in dz.iter().zip(xs) {
+                    let dv = dv.to_f64();
+                    sd += dv;
+                    sdx += dv * (xv.to_f64() - mean) * rstd;
+                }
+                if let Some((dg, db)) = grads.as_mut() {
+                    dg[c] += sdx;
+                    db[c] += sd;
+                }
+                let gam = gamma[c].to_f64();
+                s1 += gam * sd;
+                s2 += gam * sdx;
+            }
+            let (m1, m2) = (s1 / m, s2 / m);
+            for k in 0..cg {
+                let c = grp * cg + k;
+                let gam = gamma[c].to_f64();
+                let dz = &bufs.dz[k * hw..(k + 1) * hw];
+                let seg = g.seg(c, b);
+                for ((o, dv), xv) in dx[seg.clone()].iter_mut().zip(dz).zip(&x[seg]) {
+                    let xhat = (xv.to_f64() - mean) * rstd;
+                    let v = T::from_f64(rstd * (gam * dv.to_f64() - m1 - xhat * m2));
+                    *o = if accumulate { *o + v } else { v };
+                }
+            }
+        }
+    }
+}
