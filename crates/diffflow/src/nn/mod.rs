@@ -21,8 +21,8 @@ pub(crate) use kernel::FLOPS;
 pub use kernel::{MlpEngine, Scratch, Tape, TimeFeatures};
 pub use mlp::{Mlp, MlpConfig};
 pub use unet::{
-    unet_forward_flops, unet_pullback_flops, UNet, UNetConfig, UNetEngine, UNetScratch,
-    UNetTape, DEFAULT_TIME_SCALE,
+    unet_forward_flops, unet_gemms, unet_pullback_flops, UNet, UNetConfig, UNetEngine,
+    UNetGemms, UNetScratch, UNetTape, DEFAULT_TIME_SCALE,
 };
 
 use crate::Result;

@@ -27,6 +27,9 @@ pub(crate) struct Bufs<T> {
     dcol: Vec<T>,
     /// One tile's weight gradient `[cout, cin·k²]`.
     tmp: Vec<T>,
+    /// The upsampled input of a ×2 conv, and its cotangent.
+    up: Vec<T>,
+    dup: Vec<T>,
 }
 
 pub(crate) fn grow<T: Real>(v: &mut Vec<T>, len: usize) {
@@ -82,98 +85,212 @@ impl Geom {
         (cols / wo).clamp(1, self.batch * ho) * wo
     }
 
-    /// Range of output columns `ox` whose input column `ox·s + kx − pad` (in the upsampled
-    /// image of width `wv`) lies inside the image.
-    fn valid(&self, kx: usize, wo: usize) -> (usize, usize) {
-        let (s, pad) = (self.c.stride as isize, (self.c.k / 2) as isize);
-        let wv = (self.w * self.c.up) as isize;
-        let kx = kx as isize;
-        let lo = if pad > kx { (pad - kx + s - 1) / s } else { 0 };
-        let hi = if wv - 1 + pad - kx < 0 {
-            0
-        } else {
-            ((wv - 1 + pad - kx) / s + 1).min(wo as isize)
-        };
-        (lo as usize, (hi.max(lo)) as usize)
+    /// The tiles `(first column, columns)` of the output for elements of `elem` bytes.
+    pub fn tiles(&self, elem: usize) -> impl Iterator<Item = (usize, usize)> {
+        let (tile, n) = (self.tile_cols(elem), self.n_out());
+        (0..n).step_by(tile).map(move |j0| (j0, tile.min(n - j0)))
     }
 
-    /// Calls `f(r, kx, dst, src)` for every im2col row `r = (ci, ky, kx)` and output row
-    /// `q ∈ [q0, q1)` (`q = b·ho + oy`): `dst` is the offset of that output row in the tile,
-    /// `src` the offset in the input of the input row under it (`None` off the image).
-    fn for_rows(&self, q0: usize, q1: usize, mut f: impl FnMut(usize, usize, usize, Option<usize>)) {
-        let c = &self.c;
-        let (ho, wo) = self.out_hw();
-        let hv = (self.h * c.up) as isize;
-        let pad = (c.k / 2) as isize;
-        let n_in = self.n_in();
-        for ci in 0..c.cin {
-            for ky in 0..c.k {
-                for kx in 0..c.k {
-                    let r = (ci * c.k + ky) * c.k + kx;
-                    for q in q0..q1 {
-                        let (b, oy) = (q / ho, q % ho);
-                        let iy = (oy * c.stride + ky) as isize - pad;
-                        let dst = (q - q0) * wo;
-                        let src = (0..hv)
-                            .contains(&iy)
-                            .then(|| ci * n_in + (b * self.h + iy as usize / c.up) * self.w);
-                        f(r, kx, dst, src);
-                    }
+    /// The GEMMs `(m, n, k)` of the forward pass, the input cotangent and the weight
+    /// gradient, in the order [`forward`] and [`backward`] call them.
+    pub fn gemms(&self, elem: usize) -> [Vec<(usize, usize, usize)>; 3] {
+        let (cout, kk, n) = (self.c.cout, self.kk(), self.n_out());
+        let tiles: Vec<(usize, usize)> = self.tiles(elem).collect();
+        let dw = tiles.iter().map(|&(_, tc)| (cout, kk, tc)).collect();
+        if self.direct() {
+            [vec![(cout, n, kk)], vec![(kk, n, cout)], dw]
+        } else {
+            [
+                tiles.iter().map(|&(_, tc)| (cout, tc, kk)).collect(),
+                tiles.iter().map(|&(_, tc)| (kk, tc, cout)).collect(),
+                dw,
+            ]
+        }
+    }
+
+    /// The same conv reading an input already upsampled (`up = 1`, size `up·h × up·w`).
+    fn upsampled(&self) -> Geom {
+        Geom {
+            c: Conv { up: 1, ..self.c },
+            h: self.h * self.c.up,
+            w: self.w * self.c.up,
+            ..*self
+        }
+    }
+
+    /// Range of output columns `ox` whose input column `ox·s + kx − pad` lies in the image.
+    fn valid(&self, kx: usize, wo: usize) -> (usize, usize) {
+        let (s, pad) = (self.c.stride as isize, (self.c.k / 2) as isize);
+        let (w, kx) = (self.w as isize, kx as isize);
+        let lo = if pad > kx { (pad - kx + s - 1) / s } else { 0 };
+        let hi = if w - 1 + pad - kx < 0 {
+            0
+        } else {
+            ((w - 1 + pad - kx) / s + 1).min(wo as isize)
+        };
+        (lo as usize, hi.max(lo) as usize)
+    }
+
+    /// For a stride-1 conv (`up = 1`): the shift `(ky − pad)·w + kx − pad` of tap `(ky, kx)`
+    /// in the flattened input, and calls `f(start, len)` for every run of tile columns
+    /// (from tile column `j0`, `tc` columns) whose tap falls outside its image.
+    fn borders(&self, ky: usize, kx: usize, j0: usize, tc: usize, mut f: impl FnMut(usize, usize)) {
+        let (h, w, pad) = (self.h, self.w, self.c.k / 2);
+        let (q0, q1) = (j0 / w, (j0 + tc) / w);
+        for q in q0..q1 {
+            let (oy, base) = (q % h, (q - q0) * w);
+            if oy + ky < pad || oy + ky >= h + pad {
+                f(base, w);
+                continue;
+            }
+            for ox in (0..pad.saturating_sub(kx)).chain(w.saturating_sub(kx.saturating_sub(pad))..w) {
+                f(base + ox, 1);
+            }
+        }
+    }
+}
+
+/// Nearest-neighbour ×`up` of `x` `[c, B·h·w]` into `out` `[c, B·up·h·up·w]`.
+fn upsample<T: Real>(x: &[T], c: usize, rows: usize, w: usize, up: usize, out: &mut Vec<T>) {
+    let len = c * rows * w * up * up;
+    grow(out, len);
+    for (src, dst) in x[..len / (up * up)]
+        .chunks_exact(w)
+        .zip(out[..len].chunks_exact_mut(w * up * up))
+    {
+        let (first, rest) = dst.split_at_mut(w * up);
+        for (o, v) in first.chunks_exact_mut(up).zip(src) {
+            o.fill(*v);
+        }
+        for r in rest.chunks_exact_mut(w * up) {
+            r.copy_from_slice(first);
+        }
+    }
+}
+
+/// The adjoint of [`upsample`]: `dx[i] (+)= Σ` of the `up × up` block of `dup` over pixel `i`.
+fn upsample_adjoint<T: Real>(dup: &[T], c: usize, rows: usize, w: usize, up: usize, dx: &mut [T], accumulate: bool) {
+    let len = c * rows * w;
+    for (d, src) in dx[..len].chunks_exact_mut(w).zip(dup.chunks_exact(w * up * up)) {
+        if !accumulate {
+            d.fill(T::zero());
+        }
+        for r in src.chunks_exact(w * up) {
+            for (o, block) in d.iter_mut().zip(r.chunks_exact(up)) {
+                for v in block {
+                    *o += *v;
                 }
             }
         }
     }
 }
 
-/// The im2col tile of output rows `[q0, q1)`: `col[r, j]` = the input under tap `r = (ci, ky,
-/// kx)` of output column `j` (zero outside the image). Shapes: `x` `[cin, B·h·w]`, `col`
-/// `[cin·k², (q1 − q0)·wo]`.
-fn im2col<T: Real>(g: &Geom, x: &[T], q0: usize, q1: usize, col: &mut [T]) {
-    let (_, wo) = g.out_hw();
-    let tc = (q1 - q0) * wo;
-    let (s, up, pad) = (g.c.stride, g.c.up, g.c.k / 2);
-    g.for_rows(q0, q1, |r, kx, dst, src| {
-        let out = &mut col[r * tc + dst..r * tc + dst + wo];
-        let Some(src) = src else {
-            out.fill(T::zero());
-            return;
-        };
-        let row = &x[src..src + g.w];
-        let (lo, hi) = g.valid(kx, wo);
-        out[..lo].fill(T::zero());
-        out[hi..].fill(T::zero());
-        let first = lo * s + kx - pad;
-        if s == 1 && up == 1 {
-            out[lo..hi].copy_from_slice(&row[first..first + hi - lo]);
-        } else {
-            for (j, o) in out[lo..hi].iter_mut().enumerate() {
-                *o = row[(first + j * s) / up];
+/// The im2col tile of output columns `[j0, j0 + tc)` (whole output rows): `col[r, j]` = the
+/// input under tap `r = (ci, ky, kx)` of output column `j` (zero outside the image). Shapes:
+/// `x` `[cin, B·h·w]` (`up = 1`), `col` `[cin·k², tc]`.
+fn im2col<T: Real>(g: &Geom, x: &[T], j0: usize, tc: usize, col: &mut [T]) {
+    let (c, n_in) = (&g.c, g.n_in());
+    let pad = c.k / 2;
+    for ci in 0..c.cin {
+        let xc = &x[ci * n_in..(ci + 1) * n_in];
+        for ky in 0..c.k {
+            for kx in 0..c.k {
+                let r = (ci * c.k + ky) * c.k + kx;
+                let out = &mut col[r * tc..(r + 1) * tc];
+                if c.stride == 1 {
+                    // a shifted copy of the channel, then zeros where the tap leaves the image
+                    let shift = (ky * g.w + kx) as isize - (pad * g.w + pad) as isize;
+                    let (lo, hi) = shifted_range(j0, tc, shift, n_in);
+                    out[..lo].fill(T::zero());
+                    out[hi..].fill(T::zero());
+                    if hi > lo {
+                        let s0 = (j0 as isize + lo as isize + shift) as usize;
+                        out[lo..hi].copy_from_slice(&xc[s0..s0 + hi - lo]);
+                    }
+                    g.borders(ky, kx, j0, tc, |a, len| out[a..a + len].fill(T::zero()));
+                } else {
+                    strided_rows(g, ky, kx, j0, tc, |dst, src, (lo, hi), first| {
+                        let o = &mut out[dst..dst + g.out_hw().1];
+                        let Some(src) = src else {
+                            o.fill(T::zero());
+                            return;
+                        };
+                        o[..lo].fill(T::zero());
+                        o[hi..].fill(T::zero());
+                        for (j, v) in o[lo..hi].iter_mut().enumerate() {
+                            *v = xc[src + first + j * c.stride];
+                        }
+                    });
+                }
             }
         }
-    });
+    }
 }
 
-/// The adjoint of [`im2col`]: `dx[input under tap r of column j] += dcol[r, j]`.
-fn col2im<T: Real>(g: &Geom, dcol: &[T], q0: usize, q1: usize, dx: &mut [T]) {
-    let (_, wo) = g.out_hw();
-    let tc = (q1 - q0) * wo;
-    let (s, up, pad) = (g.c.stride, g.c.up, g.c.k / 2);
-    g.for_rows(q0, q1, |r, kx, dst, src| {
-        let Some(src) = src else { return };
-        let d = &dcol[r * tc + dst..r * tc + dst + wo];
-        let row = &mut dx[src..src + g.w];
-        let (lo, hi) = g.valid(kx, wo);
-        let first = lo * s + kx - pad;
-        if s == 1 && up == 1 {
-            for (o, v) in row[first..first + hi - lo].iter_mut().zip(&d[lo..hi]) {
-                *o += *v;
-            }
-        } else {
-            for (j, v) in d[lo..hi].iter().enumerate() {
-                row[(first + j * s) / up] += *v;
+/// The adjoint of [`im2col`]: `dx[input under tap r of column j] += dcol[r, j]` (`dcol`'s
+/// entries off the image are overwritten).
+fn col2im<T: Real>(g: &Geom, dcol: &mut [T], j0: usize, tc: usize, dx: &mut [T]) {
+    let (c, n_in) = (&g.c, g.n_in());
+    let pad = c.k / 2;
+    for ci in 0..c.cin {
+        let dxc = &mut dx[ci * n_in..(ci + 1) * n_in];
+        for ky in 0..c.k {
+            for kx in 0..c.k {
+                let r = (ci * c.k + ky) * c.k + kx;
+                let d = &mut dcol[r * tc..(r + 1) * tc];
+                if c.stride == 1 {
+                    g.borders(ky, kx, j0, tc, |a, len| d[a..a + len].fill(T::zero()));
+                    let shift = (ky * g.w + kx) as isize - (pad * g.w + pad) as isize;
+                    let (lo, hi) = shifted_range(j0, tc, shift, n_in);
+                    if hi > lo {
+                        let s0 = (j0 as isize + lo as isize + shift) as usize;
+                        for (o, v) in dxc[s0..s0 + hi - lo].iter_mut().zip(&d[lo..hi]) {
+                            *o += *v;
+                        }
+                    }
+                } else {
+                    strided_rows(g, ky, kx, j0, tc, |dst, src, (lo, hi), first| {
+                        let Some(src) = src else { return };
+                        for (j, v) in d[dst + lo..dst + hi].iter().enumerate() {
+                            dxc[src + first + j * c.stride] += *v;
+                        }
+                    });
+                }
             }
         }
-    });
+    }
+}
+
+/// Tile columns `[lo, hi)` whose shifted source `j0 + j + shift` lies in `[0, n)`.
+fn shifted_range(j0: usize, tc: usize, shift: isize, n: usize) -> (usize, usize) {
+    let lo = (-(j0 as isize) - shift).clamp(0, tc as isize) as usize;
+    let hi = (n as isize - j0 as isize - shift).clamp(lo as isize, tc as isize) as usize;
+    (lo, hi)
+}
+
+/// For a strided conv: calls `f(dst, src, (lo, hi), first)` for each output row of the tile,
+/// with `dst` its offset in the tile, `src` the offset in the channel of the input row under
+/// tap `(ky, kx)` (`None` off the image), `[lo, hi)` the output columns inside the image and
+/// `first` the input column of output column `lo`.
+fn strided_rows(
+    g: &Geom,
+    ky: usize,
+    kx: usize,
+    j0: usize,
+    tc: usize,
+    mut f: impl FnMut(usize, Option<usize>, (usize, usize), usize),
+) {
+    let (ho, wo) = g.out_hw();
+    let (s, pad) = (g.c.stride, g.c.k / 2);
+    let (lo, hi) = g.valid(kx, wo);
+    let first = lo * s + kx - pad;
+    let (q0, q1) = (j0 / wo, (j0 + tc) / wo);
+    for q in q0..q1 {
+        let (b, oy) = (q / ho, q % ho);
+        let iy = oy * s + ky;
+        let src = (iy >= pad && iy - pad < g.h).then(|| (b * g.h + iy - pad) * g.w);
+        f((q - q0) * wo, src, (lo, hi), first);
+    }
 }
 
 /// `y = conv(x) + bias` (with `accumulate`, `y += conv(x) + bias`). Shapes: `w`
@@ -199,25 +316,19 @@ pub(crate) fn forward<T: Real>(
         matmul_strided(y, (n, 1), cout, n, kk, w, (kk, 1), x, (n, 1), true);
         return;
     }
-    let tile = g.tile_cols(std::mem::size_of::<T>());
-    grow(&mut bufs.col, kk * tile);
-    let wo = g.out_hw().1;
-    for j0 in (0..n).step_by(tile) {
-        let tc = tile.min(n - j0);
-        let col = &mut bufs.col[..kk * tc];
-        im2col(g, x, j0 / wo, (j0 + tc) / wo, col);
-        matmul_strided(
-            &mut y[j0..],
-            (n, 1),
-            cout,
-            tc,
-            kk,
-            w,
-            (kk, 1),
-            col,
-            (tc, 1),
-            true,
-        );
+    let Bufs { col, up, .. } = bufs;
+    let (g, x) = if g.c.up > 1 {
+        upsample(x, g.c.cin, g.batch * g.h, g.w, g.c.up, up);
+        (g.upsampled(), &up[..])
+    } else {
+        (*g, x)
+    };
+    let elem = std::mem::size_of::<T>();
+    grow(col, kk * g.tile_cols(elem));
+    for (j0, tc) in g.tiles(elem) {
+        let col = &mut col[..kk * tc];
+        im2col(&g, x, j0, tc, col);
+        matmul_strided(&mut y[j0..], (n, 1), cout, tc, kk, w, (kk, 1), col, (tc, 1), true);
     }
 }
 
@@ -234,7 +345,7 @@ pub(crate) fn backward<T: Real>(
     bufs: &mut Bufs<T>,
 ) {
     let (cout, kk, n) = (g.c.cout, g.kk(), g.n_out());
-    let tile = g.tile_cols(std::mem::size_of::<T>());
+    let elem = std::mem::size_of::<T>();
     let mut grads = grads;
     if let Some((_, db)) = grads.as_mut() {
         add_row_sums(db, &dy[..cout * n], n);
@@ -242,11 +353,17 @@ pub(crate) fn backward<T: Real>(
     if grads.is_some() {
         grow(&mut bufs.tmp, cout * kk);
     }
+    let Bufs {
+        col,
+        dcol,
+        tmp,
+        up,
+        dup,
+    } = bufs;
     if g.direct() {
         if let Some((dw, _)) = grads.as_mut() {
-            for j0 in (0..n).step_by(tile) {
-                let tc = tile.min(n - j0);
-                let tmp = &mut bufs.tmp[..cout * kk];
+            for (j0, tc) in g.tiles(elem) {
+                let tmp = &mut tmp[..cout * kk];
                 let (a, b) = (&dy[j0..], &x[j0..]);
                 matmul_strided(tmp, (kk, 1), cout, kk, tc, a, (n, 1), b, (1, n), false);
                 add_to_f64(dw, tmp);
@@ -257,30 +374,49 @@ pub(crate) fn backward<T: Real>(
         }
         return;
     }
+    let upsampled = g.c.up > 1;
+    let (gu, x) = if upsampled {
+        upsample(x, g.c.cin, g.batch * g.h, g.w, g.c.up, up);
+        (g.upsampled(), &up[..])
+    } else {
+        (*g, x)
+    };
+    // the input cotangent goes to `dup` first when the input was upsampled
     let mut dx = dx;
-    if let Some((dx, false)) = dx.as_mut() {
-        dx[..g.c.cin * g.n_in()].fill(T::zero());
+    let mut target: Option<&mut [T]> = match dx.as_mut() {
+        Some(_) if upsampled => {
+            grow(dup, g.c.cin * gu.n_in());
+            dup[..g.c.cin * gu.n_in()].fill(T::zero());
+            Some(&mut dup[..])
+        }
+        Some((d, acc)) => {
+            if !*acc {
+                d[..g.c.cin * g.n_in()].fill(T::zero());
+            }
+            Some(&mut d[..])
+        }
+        None => None,
+    };
+    grow(col, kk * gu.tile_cols(elem));
+    if target.is_some() {
+        grow(dcol, kk * gu.tile_cols(elem));
     }
-    let wo = g.out_hw().1;
-    grow(&mut bufs.col, kk * tile);
-    if dx.is_some() {
-        grow(&mut bufs.dcol, kk * tile);
-    }
-    for j0 in (0..n).step_by(tile) {
-        let tc = tile.min(n - j0);
-        let (q0, q1) = (j0 / wo, (j0 + tc) / wo);
+    for (j0, tc) in gu.tiles(elem) {
         if let Some((dw, _)) = grads.as_mut() {
-            let col = &mut bufs.col[..kk * tc];
-            im2col(g, x, q0, q1, col);
-            let tmp = &mut bufs.tmp[..cout * kk];
+            let col = &mut col[..kk * tc];
+            im2col(&gu, x, j0, tc, col);
+            let tmp = &mut tmp[..cout * kk];
             matmul_strided(tmp, (kk, 1), cout, kk, tc, &dy[j0..], (n, 1), col, (1, tc), false);
             add_to_f64(dw, tmp);
         }
-        if let Some((dx, _)) = dx.as_mut() {
-            let dcol = &mut bufs.dcol[..kk * tc];
+        if let Some(t) = target.as_mut() {
+            let dcol = &mut dcol[..kk * tc];
             matmul_strided(dcol, (tc, 1), kk, tc, cout, w, (1, kk), &dy[j0..], (n, 1), false);
-            col2im(g, dcol, q0, q1, dx);
+            col2im(&gu, dcol, j0, tc, t);
         }
+    }
+    if let (true, Some((d, acc))) = (upsampled, dx) {
+        upsample_adjoint(dup, g.c.cin, g.batch * g.h, g.w, g.c.up, d, acc);
     }
 }
 
@@ -387,6 +523,54 @@ mod tests {
             for (a, b) in dx2.iter().zip(&dx) {
                 assert!((a - 2.0 * b).abs() < 1e-12);
             }
+        }
+    }
+
+    /// Geometries of several tiles (the last one partial, tile edges inside images): forward
+    /// against the definition, and the cotangents by the dot-product identities
+    /// `<dx, u> = <dy, conv_w(u)>`, `<dw, v> = <dy, conv_v(x)>` for random `u`, `v`.
+    #[test]
+    fn tiled_convs_match_the_definition() {
+        let mut rng = crate::rng::Rng::new(4);
+        let conv = |cin, cout, stride, up| Conv {
+            w: 0,
+            cin,
+            cout,
+            k: 3,
+            stride,
+            up,
+        };
+        for g in [
+            Geom { c: conv(64, 3, 1, 1), batch: 2, h: 30, w: 10 },
+            Geom { c: conv(64, 2, 2, 1), batch: 8, h: 14, w: 22 },
+            Geom { c: conv(64, 2, 1, 2), batch: 2, h: 9, w: 8 },
+        ] {
+            let c = g.c;
+            assert!(g.tiles(8).count() > 2, "{g:?}");
+            let w = rng.normals(c.cout * c.cin * 9);
+            let bias = rng.normals(c.cout);
+            let x = rng.normals(c.cin * g.n_in());
+            let dy = rng.normals(c.cout * g.n_out());
+            let mut bufs = Bufs::default();
+            let mut y = vec![0.0; c.cout * g.n_out()];
+            forward(&g, &w, &bias, &x, &mut y, false, &mut bufs);
+            let want = naive(&g, &w, &bias, &x);
+            for (a, b) in y.iter().zip(&want) {
+                assert!((a - b).abs() < 1e-11, "{g:?}: {a} vs {b}");
+            }
+            let mut dx = vec![0.0; x.len()];
+            let (mut dw, mut db) = (vec![0.0; w.len()], vec![0.0; c.cout]);
+            backward(&g, &w, &x, &dy, Some((&mut dx, false)), Some((&mut dw, &mut db)), &mut bufs);
+            let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(p, q)| p * q).sum::<f64>();
+            let zero_b = vec![0.0; c.cout];
+            let u = rng.normals(x.len());
+            let lhs = dot(&dx, &u);
+            let rhs = dot(&dy, &naive(&g, &w, &zero_b, &u));
+            assert!((lhs - rhs).abs() < 1e-9 * rhs.abs().max(1.0), "{g:?}: dx {lhs} vs {rhs}");
+            let v = rng.normals(w.len());
+            let lhs = dot(&dw, &v);
+            let rhs = dot(&dy, &naive(&g, &v, &zero_b, &x));
+            assert!((lhs - rhs).abs() < 1e-9 * rhs.abs().max(1.0), "{g:?}: dw {lhs} vs {rhs}");
         }
     }
 }

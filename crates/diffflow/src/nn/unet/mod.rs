@@ -26,7 +26,7 @@ mod plan;
 
 pub use config::{UNetConfig, DEFAULT_TIME_SCALE};
 pub use engine::{UNetEngine, UNetScratch, UNetTape};
-pub use flops::{unet_forward_flops, unet_pullback_flops};
+pub use flops::{unet_forward_flops, unet_gemms, unet_pullback_flops, UNetGemms};
 
 use super::{Engine, TimeNet};
 use crate::rng::Rng;
