@@ -41,7 +41,7 @@ pub(crate) fn grow<T: Real>(v: &mut Vec<T>, len: usize) {
 /// `acc[r] += Σ_j x[r, j]` in f64. Shapes: `x` `[acc.len(), n]`.
 pub(crate) fn add_row_sums<T: Real>(acc: &mut [f64], x: &[T], n: usize) {
     for (a, row) in acc.iter_mut().zip(x.chunks_exact(n)) {
-        *a += row.iter().fold(0.0, |s, v| s + v.to_f64());
+        *a += super::norm::sum_map(row, |v| v);
     }
 }
 
