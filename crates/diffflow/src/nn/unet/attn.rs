@@ -57,6 +57,7 @@ impl Geom {
 
 /// `out = x + attention(x)`, keeping `GN(x)` in `kept.a`, its statistics in `kept.s1`, and
 /// `q, k, v, P, o`. Shapes: `x`, `out` `[C, B·n]`; `w` the net's parameters.
+#[inline(always)]
 pub(crate) fn forward<T: Real>(
     g: &Geom,
     w: &[Vec<T>],
@@ -121,6 +122,7 @@ pub(crate) fn forward<T: Real>(
 /// `dx` and, with `grads`, adds the parameter gradients (f64, [`crate::nn::TimeNet::vars`]
 /// order). Shapes: `x`, `dy`, `dx` `[C, B·n]`.
 #[allow(clippy::too_many_arguments)]
+#[inline(always)]
 pub(crate) fn backward<T: Real>(
     g: &Geom,
     w: &[Vec<T>],

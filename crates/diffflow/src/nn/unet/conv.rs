@@ -25,10 +25,12 @@ pub(crate) struct Geom {
 pub(crate) struct Bufs<T> {
     col: Vec<T>,
     dcol: Vec<T>,
-    /// One tile's weight gradient `[cout, cin·k²]`.
+    /// One tile's weight gradient, column-major `[cin·k², cout]`.
     tmp: Vec<T>,
     /// The upsampled input of a ×2 conv, and its cotangent.
     up: Vec<T>,
+    /// `[W | bias]` `[cout, cin·k² + 1]`.
+    waug: Vec<T>,
     dup: Vec<T>,
 }
 
@@ -39,15 +41,28 @@ pub(crate) fn grow<T: Real>(v: &mut Vec<T>, len: usize) {
 }
 
 /// `acc[r] += Σ_j x[r, j]` in f64. Shapes: `x` `[acc.len(), n]`.
+#[inline(always)]
 pub(crate) fn add_row_sums<T: Real>(acc: &mut [f64], x: &[T], n: usize) {
     for (a, row) in acc.iter_mut().zip(x.chunks_exact(n)) {
         *a += super::norm::sum_map(row, |v| v);
     }
 }
 
-fn add_to_f64<T: Real>(acc: &mut [f64], x: &[T]) {
-    for (a, v) in acc.iter_mut().zip(x) {
-        *a += v.to_f64();
+/// `acc[o, r] += x[r, o]` in f64. Shapes: `acc` `[m, k]`, `x` `[k, m]`.
+#[inline(always)]
+fn add_transposed_to_f64<T: Real>(acc: &mut [f64], x: &[T], m: usize, k: usize) {
+    for (o, row) in acc.chunks_exact_mut(k).take(m).enumerate() {
+        for (r, a) in row.iter_mut().enumerate() {
+            *a += x[r * m + o].to_f64();
+        }
+    }
+}
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
     }
 }
 
@@ -81,8 +96,11 @@ impl Geom {
     /// Columns of one tile: whole output rows, about [`TILE_BYTES`] of im2col.
     fn tile_cols(&self, elem: usize) -> usize {
         let (ho, wo) = self.out_hw();
-        let cols = TILE_BYTES / (elem * self.kk()).max(1);
-        (cols / wo).clamp(1, self.batch * ho) * wo
+        let tb: usize = std::env::var("TILEB").ok().and_then(|v| v.parse().ok()).unwrap_or(TILE_BYTES);
+        let cols = tb / (elem * self.kk()).max(1);
+        // whole rows, a multiple of 16 columns (the GEMM then reads the tile unpacked)
+        let step = 16 / gcd(wo, 16);
+        ((cols / wo) / step * step).max(step).min(self.batch * ho) * wo
     }
 
     /// The tiles `(first column, columns)` of the output for elements of `elem` bytes.
@@ -92,7 +110,8 @@ impl Geom {
     }
 
     /// The GEMMs `(m, n, k)` of the forward pass, the input cotangent and the weight
-    /// gradient, in the order [`forward`] and [`backward`] call them.
+    /// gradient, in the order [`forward`] and [`backward`] call them (the forward pass of an
+    /// im2col conv has `k = cin·k² + 1`: the bias rides along as a row of ones).
     pub fn gemms(&self, elem: usize) -> [Vec<(usize, usize, usize)>; 3] {
         let (cout, kk, n) = (self.c.cout, self.kk(), self.n_out());
         let tiles: Vec<(usize, usize)> = self.tiles(elem).collect();
@@ -101,7 +120,7 @@ impl Geom {
             [vec![(cout, n, kk)], vec![(kk, n, cout)], dw]
         } else {
             [
-                tiles.iter().map(|&(_, tc)| (cout, tc, kk)).collect(),
+                tiles.iter().map(|&(_, tc)| (cout, tc, kk + 1)).collect(),
                 tiles.iter().map(|&(_, tc)| (kk, tc, cout)).collect(),
                 dw,
             ]
@@ -119,6 +138,7 @@ impl Geom {
     }
 
     /// Range of output columns `ox` whose input column `ox·s + kx − pad` lies in the image.
+    #[inline(always)]
     fn valid(&self, kx: usize, wo: usize) -> (usize, usize) {
         let (s, pad) = (self.c.stride as isize, (self.c.k / 2) as isize);
         let (w, kx) = (self.w as isize, kx as isize);
@@ -134,23 +154,34 @@ impl Geom {
     /// For a stride-1 conv (`up = 1`): the shift `(ky − pad)·w + kx − pad` of tap `(ky, kx)`
     /// in the flattened input, and calls `f(start, len)` for every run of tile columns
     /// (from tile column `j0`, `tc` columns) whose tap falls outside its image.
+    #[inline(always)]
     fn borders(&self, ky: usize, kx: usize, j0: usize, tc: usize, mut f: impl FnMut(usize, usize)) {
         let (h, w, pad) = (self.h, self.w, self.c.k / 2);
         let (q0, q1) = (j0 / w, (j0 + tc) / w);
-        for q in q0..q1 {
-            let (oy, base) = (q % h, (q - q0) * w);
-            if oy + ky < pad || oy + ky >= h + pad {
-                f(base, w);
-                continue;
+        // columns `ox` with `ox + kx − pad` outside `[0, w)`, in every row
+        for (a, b) in [(0, pad.saturating_sub(kx).min(w)), ((w + pad).saturating_sub(kx).min(w), w)] {
+            if a < b {
+                for q in 0..q1 - q0 {
+                    f(q * w + a, b - a);
+                }
             }
-            for ox in (0..pad.saturating_sub(kx)).chain(w.saturating_sub(kx.saturating_sub(pad))..w) {
-                f(base + ox, 1);
+        }
+        // rows `oy` with `oy + ky − pad` outside `[0, h)`, in every image
+        for (a, b) in [(0, pad.saturating_sub(ky).min(h)), ((h + pad).saturating_sub(ky).min(h), h)] {
+            if a < b {
+                for start in (q0 / h * h..q1).step_by(h) {
+                    let (r0, r1) = ((start + a).max(q0), (start + b).min(q1));
+                    if r0 < r1 {
+                        f((r0 - q0) * w, (r1 - r0) * w);
+                    }
+                }
             }
         }
     }
 }
 
 /// Nearest-neighbour ×`up` of `x` `[c, B·h·w]` into `out` `[c, B·up·h·up·w]`.
+#[inline(always)]
 fn upsample<T: Real>(x: &[T], c: usize, rows: usize, w: usize, up: usize, out: &mut Vec<T>) {
     let len = c * rows * w * up * up;
     grow(out, len);
@@ -169,6 +200,7 @@ fn upsample<T: Real>(x: &[T], c: usize, rows: usize, w: usize, up: usize, out: &
 }
 
 /// The adjoint of [`upsample`]: `dx[i] (+)= Σ` of the `up × up` block of `dup` over pixel `i`.
+#[inline(always)]
 fn upsample_adjoint<T: Real>(dup: &[T], c: usize, rows: usize, w: usize, up: usize, dx: &mut [T], accumulate: bool) {
     let len = c * rows * w;
     for (d, src) in dx[..len].chunks_exact_mut(w).zip(dup.chunks_exact(w * up * up)) {
@@ -188,6 +220,7 @@ fn upsample_adjoint<T: Real>(dup: &[T], c: usize, rows: usize, w: usize, up: usi
 /// The im2col tile of output columns `[j0, j0 + tc)` (whole output rows): `col[r, j]` = the
 /// input under tap `r = (ci, ky, kx)` of output column `j` (zero outside the image). Shapes:
 /// `x` `[cin, B·h·w]` (`up = 1`), `col` `[cin·k², tc]`.
+#[inline(always)]
 fn im2col<T: Real>(g: &Geom, x: &[T], j0: usize, tc: usize, col: &mut [T]) {
     let (c, n_in) = (&g.c, g.n_in());
     let pad = c.k / 2;
@@ -207,7 +240,7 @@ fn im2col<T: Real>(g: &Geom, x: &[T], j0: usize, tc: usize, col: &mut [T]) {
                         let s0 = (j0 as isize + lo as isize + shift) as usize;
                         out[lo..hi].copy_from_slice(&xc[s0..s0 + hi - lo]);
                     }
-                    g.borders(ky, kx, j0, tc, |a, len| out[a..a + len].fill(T::zero()));
+                    g.borders(ky, kx, j0, tc, |a, len| zero(&mut out[a..a + len]));
                 } else {
                     strided_rows(g, ky, kx, j0, tc, |dst, src, (lo, hi), first| {
                         let o = &mut out[dst..dst + g.out_hw().1];
@@ -229,6 +262,7 @@ fn im2col<T: Real>(g: &Geom, x: &[T], j0: usize, tc: usize, col: &mut [T]) {
 
 /// The adjoint of [`im2col`]: `dx[input under tap r of column j] += dcol[r, j]` (`dcol`'s
 /// entries off the image are overwritten).
+#[inline(always)]
 fn col2im<T: Real>(g: &Geom, dcol: &mut [T], j0: usize, tc: usize, dx: &mut [T]) {
     let (c, n_in) = (&g.c, g.n_in());
     let pad = c.k / 2;
@@ -239,7 +273,7 @@ fn col2im<T: Real>(g: &Geom, dcol: &mut [T], j0: usize, tc: usize, dx: &mut [T])
                 let r = (ci * c.k + ky) * c.k + kx;
                 let d = &mut dcol[r * tc..(r + 1) * tc];
                 if c.stride == 1 {
-                    g.borders(ky, kx, j0, tc, |a, len| d[a..a + len].fill(T::zero()));
+                    g.borders(ky, kx, j0, tc, |a, len| zero(&mut d[a..a + len]));
                     let shift = (ky * g.w + kx) as isize - (pad * g.w + pad) as isize;
                     let (lo, hi) = shifted_range(j0, tc, shift, n_in);
                     if hi > lo {
@@ -261,7 +295,18 @@ fn col2im<T: Real>(g: &Geom, dcol: &mut [T], j0: usize, tc: usize, dx: &mut [T])
     }
 }
 
+/// `x ← 0` (single elements without a call to `memset`).
+#[inline(always)]
+fn zero<T: Real>(x: &mut [T]) {
+    if x.len() == 1 {
+        x[0] = T::zero();
+    } else {
+        x.fill(T::zero());
+    }
+}
+
 /// Tile columns `[lo, hi)` whose shifted source `j0 + j + shift` lies in `[0, n)`.
+#[inline(always)]
 fn shifted_range(j0: usize, tc: usize, shift: isize, n: usize) -> (usize, usize) {
     let lo = (-(j0 as isize) - shift).clamp(0, tc as isize) as usize;
     let hi = (n as isize - j0 as isize - shift).clamp(lo as isize, tc as isize) as usize;
@@ -272,6 +317,7 @@ fn shifted_range(j0: usize, tc: usize, shift: isize, n: usize) -> (usize, usize)
 /// with `dst` its offset in the tile, `src` the offset in the channel of the input row under
 /// tap `(ky, kx)` (`None` off the image), `[lo, hi)` the output columns inside the image and
 /// `first` the input column of output column `lo`.
+#[inline(always)]
 fn strided_rows(
     g: &Geom,
     ky: usize,
@@ -295,6 +341,7 @@ fn strided_rows(
 
 /// `y = conv(x) + bias` (with `accumulate`, `y += conv(x) + bias`). Shapes: `w`
 /// `[cout, cin·k²]`, `bias` `[cout]`, `x` `[cin, B·h·w]`, `y` `[cout, B·ho·wo]`.
+#[inline(always)]
 pub(crate) fn forward<T: Real>(
     g: &Geom,
     w: &[T],
@@ -305,36 +352,46 @@ pub(crate) fn forward<T: Real>(
     bufs: &mut Bufs<T>,
 ) {
     let (cout, kk, n) = (g.c.cout, g.kk(), g.n_out());
-    for (row, b) in y[..cout * n].chunks_exact_mut(n).zip(bias) {
-        if accumulate {
-            row.iter_mut().for_each(|v| *v += *b);
-        } else {
-            row.fill(*b);
-        }
-    }
     if g.direct() {
+        for (row, b) in y[..cout * n].chunks_exact_mut(n).zip(bias) {
+            if accumulate {
+                row.iter_mut().for_each(|v| *v += *b);
+            } else {
+                row.fill(*b);
+            }
+        }
         matmul_strided(y, (n, 1), cout, n, kk, w, (kk, 1), x, (n, 1), true);
         return;
     }
-    let Bufs { col, up, .. } = bufs;
+    let Bufs { col, up, waug, .. } = bufs;
     let (g, x) = if g.c.up > 1 {
         upsample(x, g.c.cin, g.batch * g.h, g.w, g.c.up, up);
         (g.upsampled(), &up[..])
     } else {
         (*g, x)
     };
+    // The bias is one more GEMM input: a column of `[W | b]` against a row of ones in `col`.
+    let k1 = kk + 1;
+    waug.clear();
+    for (row, b) in w.chunks_exact(kk).zip(bias).take(cout) {
+        waug.extend_from_slice(row);
+        waug.push(*b);
+    }
     let elem = std::mem::size_of::<T>();
-    grow(col, kk * g.tile_cols(elem));
+    grow(col, k1 * g.tile_cols(elem));
     for (j0, tc) in g.tiles(elem) {
-        let col = &mut col[..kk * tc];
-        im2col(&g, x, j0, tc, col);
-        matmul_strided(&mut y[j0..], (n, 1), cout, tc, kk, w, (kk, 1), col, (tc, 1), true);
+        let col = &mut col[..k1 * tc];
+        im2col(&g, x, j0, tc, &mut col[..kk * tc]);
+        col[kk * tc..].fill(T::one());
+        let dst = &mut y[j0..];
+        matmul_strided(dst, (n, 1), cout, tc, k1, waug, (k1, 1), col, (tc, 1), accumulate);
     }
 }
 
 /// Backward of [`forward`] for the output cotangent `dy` `[cout, B·ho·wo]`: with `dx`, writes
 /// (or with its flag `true` adds) the input cotangent `[cin, B·h·w]`; with `grads`, adds the
 /// weight and bias gradients (`[cout·cin·k²]`, `[cout]`, f64).
+#[inline(always)]
 pub(crate) fn backward<T: Real>(
     g: &Geom,
     w: &[T],
@@ -359,14 +416,15 @@ pub(crate) fn backward<T: Real>(
         tmp,
         up,
         dup,
+        ..
     } = bufs;
     if g.direct() {
         if let Some((dw, _)) = grads.as_mut() {
             for (j0, tc) in g.tiles(elem) {
                 let tmp = &mut tmp[..cout * kk];
                 let (a, b) = (&dy[j0..], &x[j0..]);
-                matmul_strided(tmp, (kk, 1), cout, kk, tc, a, (n, 1), b, (1, n), false);
-                add_to_f64(dw, tmp);
+                matmul_strided(tmp, (1, cout), cout, kk, tc, a, (n, 1), b, (1, n), false);
+                add_transposed_to_f64(dw, tmp, cout, kk);
             }
         }
         if let Some((dx, acc)) = dx {
@@ -405,9 +463,10 @@ pub(crate) fn backward<T: Real>(
         if let Some((dw, _)) = grads.as_mut() {
             let col = &mut col[..kk * tc];
             im2col(&gu, x, j0, tc, col);
+            // `tmp` column-major, so that the GEMM packs the thin `dy` tile, not `col`
             let tmp = &mut tmp[..cout * kk];
-            matmul_strided(tmp, (kk, 1), cout, kk, tc, &dy[j0..], (n, 1), col, (1, tc), false);
-            add_to_f64(dw, tmp);
+            matmul_strided(tmp, (1, cout), cout, kk, tc, &dy[j0..], (n, 1), col, (1, tc), false);
+            add_transposed_to_f64(dw, tmp, cout, kk);
         }
         if let Some(t) = target.as_mut() {
             let dcol = &mut dcol[..kk * tc];

@@ -55,6 +55,7 @@ impl Mask {
 
     /// `a ← a ⊙ mask` for an activation in the engine's channel-major layout `[c, B·hw]`
     /// (element `(ch, b, pixel)` has NCHW index `(b·c + ch)·hw + pixel`).
+    #[inline(always)]
     pub fn apply<T: crate::nn::Real>(&self, a: &mut [T], c: usize, batch: usize, hw: usize) {
         for ch in 0..c {
             for b in 0..batch {

@@ -12,6 +12,7 @@ use super::dropout::Mask;
 use super::norm::{self, Gn};
 use super::plan::{Conv, Layer, Op, Plan, ResBlock};
 use super::{attn, sinusoid, UNet, UNetConfig};
+use crate::nn::fast::{isa, Isa};
 use crate::nn::{Activation, Engine, Real, TimeNet};
 use crate::{Error, Result};
 use candle_core::{Device, Tensor};
@@ -246,6 +247,65 @@ impl<T: Real + Default> UNetEngine<T> {
         tape: &mut UNetTape<T>,
         scratch: &mut UNetScratch<T>,
     ) {
+        self.forward_isa(isa(), t, x, y, tape, scratch)
+    }
+
+    /// [`UNetEngine::forward`] with the hand-written loops compiled for `isa` (every path
+    /// gives the same bits).
+    pub(crate) fn forward_isa(
+        &self,
+        isa: Isa,
+        t: f64,
+        x: &[T],
+        y: &mut [T],
+        tape: &mut UNetTape<T>,
+        scratch: &mut UNetScratch<T>,
+    ) {
+        match isa {
+            // SAFETY: `isa()` found the features these functions are compiled for.
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => unsafe { self.forward_avx512(t, x, y, tape, scratch) },
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => unsafe { self.forward_avx2(t, x, y, tape, scratch) },
+            _ => self.forward_impl(t, x, y, tape, scratch),
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
+    unsafe fn forward_avx512(
+        &self,
+        t: f64,
+        x: &[T],
+        y: &mut [T],
+        tape: &mut UNetTape<T>,
+        scratch: &mut UNetScratch<T>,
+    ) {
+        self.forward_impl(t, x, y, tape, scratch)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn forward_avx2(
+        &self,
+        t: f64,
+        x: &[T],
+        y: &mut [T],
+        tape: &mut UNetTape<T>,
+        scratch: &mut UNetScratch<T>,
+    ) {
+        self.forward_impl(t, x, y, tape, scratch)
+    }
+
+    #[inline(always)]
+    fn forward_impl(
+        &self,
+        t: f64,
+        x: &[T],
+        y: &mut [T],
+        tape: &mut UNetTape<T>,
+        scratch: &mut UNetScratch<T>,
+    ) {
         let (c_img, hw) = (self.cfg.channels, self.cfg.height * self.cfg.width);
         let rows = x.len() / (c_img * hw);
         assert_eq!(y.len(), x.len(), "forward: output size");
@@ -317,6 +377,7 @@ impl<T: Real + Default> UNetEngine<T> {
     }
 
     #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
     fn res_forward(
         &self,
         r: &ResBlock,
@@ -376,6 +437,64 @@ impl<T: Real + Default> UNetEngine<T> {
     /// the input cotangent into `dx` `[rows, d]` and, with `grads`, adds the parameter
     /// gradients (f64, [`TimeNet::vars`] order).
     pub fn backward(
+        &self,
+        tape: &UNetTape<T>,
+        cot: &[T],
+        dx: &mut [T],
+        grads: Option<&mut [Vec<f64>]>,
+        scratch: &mut UNetScratch<T>,
+    ) {
+        self.backward_isa(isa(), tape, cot, dx, grads, scratch)
+    }
+
+    /// [`UNetEngine::backward`] with the hand-written loops compiled for `isa`.
+    pub(crate) fn backward_isa(
+        &self,
+        isa: Isa,
+        tape: &UNetTape<T>,
+        cot: &[T],
+        dx: &mut [T],
+        grads: Option<&mut [Vec<f64>]>,
+        scratch: &mut UNetScratch<T>,
+    ) {
+        match isa {
+            // SAFETY: `isa()` found the features these functions are compiled for.
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => unsafe { self.backward_avx512(tape, cot, dx, grads, scratch) },
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => unsafe { self.backward_avx2(tape, cot, dx, grads, scratch) },
+            _ => self.backward_impl(tape, cot, dx, grads, scratch),
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
+    unsafe fn backward_avx512(
+        &self,
+        tape: &UNetTape<T>,
+        cot: &[T],
+        dx: &mut [T],
+        grads: Option<&mut [Vec<f64>]>,
+        scratch: &mut UNetScratch<T>,
+    ) {
+        self.backward_impl(tape, cot, dx, grads, scratch)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn backward_avx2(
+        &self,
+        tape: &UNetTape<T>,
+        cot: &[T],
+        dx: &mut [T],
+        grads: Option<&mut [Vec<f64>]>,
+        scratch: &mut UNetScratch<T>,
+    ) {
+        self.backward_impl(tape, cot, dx, grads, scratch)
+    }
+
+    #[inline(always)]
+    fn backward_impl(
         &self,
         tape: &UNetTape<T>,
         cot: &[T],
@@ -463,6 +582,7 @@ impl<T: Real + Default> UNetEngine<T> {
     }
 
     #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
     fn res_backward(
         &self,
         r: &ResBlock,
@@ -544,6 +664,7 @@ impl<T: Real + Default> UNetEngine<T> {
 }
 
 /// `[B, C·hw]` rows → channel-major `[C, B·hw]`.
+#[inline(always)]
 fn to_channel_major<T: Real>(x: &[T], out: &mut [T], c: usize, rows: usize, hw: usize) {
     for b in 0..rows {
         for ch in 0..c {
@@ -554,6 +675,7 @@ fn to_channel_major<T: Real>(x: &[T], out: &mut [T], c: usize, rows: usize, hw: 
 }
 
 /// Channel-major `[C, B·hw]` → `[B, C·hw]` rows.
+#[inline(always)]
 fn from_channel_major<T: Real>(x: &[T], out: &mut [T], c: usize, rows: usize, hw: usize) {
     for b in 0..rows {
         for ch in 0..c {
@@ -620,5 +742,58 @@ impl<T: Real + Default> Engine for UNetEngine<T> {
                 Ok(Tensor::from_vec(v, s.as_slice(), &self.device)?)
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nn::fast::best_isa;
+    use crate::rng::Rng;
+    use candle_core::DType;
+
+    /// Forward and backward (with dropout) give the same bits on every instruction-set path.
+    #[test]
+    fn all_isa_paths_agree_bitwise() {
+        let cfg = UNetConfig {
+            dropout: 0.2,
+            ..UNetConfig::tiny(2, 8, 4)
+        };
+        let mut rng = Rng::new(5);
+        let net = UNet::new(&cfg, DType::F32, &Device::Cpu, &mut rng).unwrap();
+        for (_, v) in net.vars() {
+            let z: Vec<f32> = rng.normals(v.elem_count()).iter().map(|a| *a as f32 * 0.3).collect();
+            v.set(&Tensor::from_vec(z, v.dims(), &Device::Cpu).unwrap()).unwrap();
+        }
+        net.set_dropout_seed(Some(9));
+        let e = UNetEngine::<f32>::new(&net).unwrap();
+        let rows = 3;
+        let x: Vec<f32> = rng.normals(rows * cfg.dim()).iter().map(|v| *v as f32).collect();
+        let cot: Vec<f32> = rng.normals(rows * cfg.dim()).iter().map(|v| *v as f32).collect();
+        let run = |isa: Isa| {
+            let (mut tape, mut scratch) = (UNetTape::default(), UNetScratch::default());
+            let (mut y, mut dx) = (vec![0.0f32; x.len()], vec![0.0f32; x.len()]);
+            let mut grads = e.zero_grads();
+            e.forward_isa(isa, 0.013, &x, &mut y, &mut tape, &mut scratch);
+            e.backward_isa(isa, &tape, &cot, &mut dx, Some(&mut grads), &mut scratch);
+            let bits: Vec<u64> = y
+                .iter()
+                .chain(&dx)
+                .map(|v| v.to_bits() as u64)
+                .chain(grads.iter().flatten().map(|g| g.to_bits()))
+                .collect();
+            bits
+        };
+        let want = run(Isa::Plain);
+        let best = best_isa();
+        for isa in [Isa::Avx512, Isa::Avx2] {
+            let supported = match isa {
+                Isa::Avx512 => best == Isa::Avx512,
+                _ => best != Isa::Plain,
+            };
+            if supported {
+                assert!(run(isa) == want, "{isa:?}");
+            }
+        }
     }
 }

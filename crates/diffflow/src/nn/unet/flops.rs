@@ -6,10 +6,13 @@ use super::conv::Geom;
 use super::plan::{Conv, Op, Plan};
 use super::UNetConfig;
 
-/// `2·cout·cin·k²` per output pixel, times the output pixels of `rows` images.
-fn conv(c: &Conv, h: usize, w: usize, rows: usize) -> u64 {
+/// `2·cout·cin·k²` per output pixel, times the output pixels of `rows` images (with `bias`,
+/// `cin·k² + 1`: the forward pass of a 3×3 or strided conv multiplies the bias in the GEMM).
+fn conv(c: &Conv, h: usize, w: usize, rows: usize, bias: bool) -> u64 {
     let (ho, wo) = (h * c.up / c.stride, w * c.up / c.stride);
-    2 * (c.cout * c.cin * c.k * c.k * rows * ho * wo) as u64
+    let direct = c.k == 1 && c.stride == 1 && c.up == 1;
+    let kk = c.cin * c.k * c.k + usize::from(bias && !direct);
+    2 * (c.cout * kk * rows * ho * wo) as u64
 }
 
 /// FLOPs of `(forward, input cotangent, parameter gradients)` of the whole net over `rows`
@@ -35,8 +38,8 @@ fn costs(cfg: &UNetConfig, rows: usize) -> (u64, u64, u64) {
             }
         };
         for c in &convs {
-            let f = conv(c, l.h, l.w, rows);
-            fwd += f;
+            let f = conv(c, l.h, l.w, rows, false);
+            fwd += conv(c, l.h, l.w, rows, true);
             dx += f;
             dw += f;
         }

@@ -23,6 +23,7 @@ pub(crate) struct Bufs<T> {
 }
 
 /// `a ← SiLU(a)`, and `deriv ← SiLU'(a)` when given (the f32 path is the vectorised kernel).
+#[inline(always)]
 pub(crate) fn silu<T: Real>(a: &mut [T], deriv: Option<&mut [T]>) {
     // `bias_act` with zero biases, on rows of `W` elements and then the tail.
     const W: usize = 64;
@@ -61,7 +62,34 @@ pub(crate) fn sum_map<T: Real>(x: &[T], f: impl Fn(f64) -> f64) -> f64 {
     for (a, v) in acc.iter_mut().zip(rem) {
         *a += f(v.to_f64());
     }
-    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
+    reduce8(acc)
+}
+
+/// `(Σ_i (x_i − s), Σ_i (x_i − s)²)` in f64, as [`sum_map`].
+#[inline(always)]
+fn sum_pair_sq<T: Real>(x: &[T], s: f64) -> (f64, f64) {
+    let (mut p, mut q) = ([0.0f64; 8], [0.0f64; 8]);
+    let chunks = x.chunks_exact(8);
+    let rem = chunks.remainder();
+    for c in chunks {
+        for k in 0..8 {
+            let d = c[k].to_f64() - s;
+            p[k] += d;
+            q[k] += d * d;
+        }
+    }
+    for (k, v) in rem.iter().enumerate() {
+        let d = v.to_f64() - s;
+        p[k] += d;
+        q[k] += d * d;
+    }
+    (reduce8(p), reduce8(q))
+}
+
+/// The sum of 8 partial sums, in a fixed order.
+#[inline(always)]
+fn reduce8(a: [f64; 8]) -> f64 {
+    ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]))
 }
 
 /// `(Σ_i a_i, Σ_i a_i·(b_i − m))` in f64, as [`sum_map`].
@@ -82,12 +110,12 @@ fn sum_pair<T: Real>(a: &[T], b: &[T], m: f64) -> (f64, f64) {
         s[k] += v;
         t[k] += v * (y.to_f64() - m);
     }
-    let r = |a: [f64; 8]| ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]));
-    (r(s), r(t))
+    (reduce8(s), reduce8(t))
 }
 
 impl Gn {
     /// The columns `[c, b·hw .. (b+1)·hw)` of channel `c`, image `b`, in a `[C, B·hw]` buffer.
+    #[inline(always)]
     fn seg(&self, c: usize, b: usize) -> std::ops::Range<usize> {
         let start = c * self.batch * self.hw + b * self.hw;
         start..start + self.hw
@@ -99,6 +127,7 @@ impl Gn {
     }
 
     /// The affine map `z = x·scale + shift` of channel `c` for statistics `(mean, rstd)`.
+    #[inline(always)]
     fn affine<T: Real>(gamma: T, beta: T, (mean, rstd): (f64, f64)) -> (T, T) {
         let scale = gamma.to_f64() * rstd;
         (T::from_f64(scale), T::from_f64(beta.to_f64() - mean * scale))
@@ -107,6 +136,7 @@ impl Gn {
 
 /// `out = GN(x)` (then SiLU when `silu`), keeping `(mean, rstd)` of every (image, group) in
 /// `stats` (index `b·groups + group`). Shapes: `x`, `out` `[C, B·hw]`, `gamma`, `beta` `[C]`.
+#[inline(always)]
 pub(crate) fn forward<T: Real>(
     g: &Gn,
     gamma: &[T],
@@ -121,13 +151,14 @@ pub(crate) fn forward<T: Real>(
     for b in 0..g.batch {
         for grp in 0..g.groups {
             let chans = grp * g.cg()..(grp + 1) * g.cg();
-            let sum: f64 = chans.clone().map(|c| sum_map(&x[g.seg(c, b)], |v| v)).sum();
-            let mean = sum / m;
-            let ss: f64 = chans
-                .clone()
-                .map(|c| sum_map(&x[g.seg(c, b)], |v| (v - mean) * (v - mean)))
-                .sum();
-            let st = (mean, 1.0 / (ss / m + GN_EPS).sqrt());
+            // one pass: sums of `x − s` and `(x − s)²` around a sample `s` of the group
+            let s = x[g.seg(chans.start, b).start].to_f64();
+            let (s1, s2) = chans.clone().fold((0.0, 0.0), |(a, b2), c| {
+                let (p, q) = sum_pair_sq(&x[g.seg(c, b)], s);
+                (a + p, b2 + q)
+            });
+            let (mean, ss) = (s + s1 / m, s2 - s1 * s1 / m);
+            let st = (mean, 1.0 / (ss.max(0.0) / m + GN_EPS).sqrt());
             stats.push(st);
             for c in chans {
                 let (scale, shift) = Gn::affine(gamma[c], beta[c], st);
@@ -147,6 +178,7 @@ pub(crate) fn forward<T: Real>(
 /// adds) the input cotangent into `dx`, and with `grads` adds the gradients of `gamma` and
 /// `beta` (f64). Shapes as [`forward`].
 #[allow(clippy::too_many_arguments)]
+#[inline(always)]
 pub(crate) fn backward<T: Real>(
     g: &Gn,
     gamma: &[T],
