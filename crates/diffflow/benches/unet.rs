@@ -9,7 +9,8 @@
 //!   [`engine_adjoint_gradient`]) on 1 and 2 threads;
 //! - the peak resident memory of each part, and the machine's load (it is shared).
 //!
-//! `UNET_PARTS` (default `engine,candle,adjoint`) selects the parts.
+//! `UNET_PARTS` (default `engine,candle,adjoint`) selects the parts; `UNET_CH` (default 16)
+//! sets the base width `ch` of the net (to see how the engine scales with width).
 
 use candle_core::{DType, Device, Tensor};
 use diffflow::adjoint::engine_adjoint_gradient;
@@ -146,12 +147,16 @@ fn main() {
     }
     let (batch, reps, n) = (env("UNET_BATCH", 64), env("UNET_REPS", 5), env("UNET_N", 10));
     let parts = std::env::var("UNET_PARTS").unwrap_or_else(|_| "engine,candle,adjoint".into());
-    let cfg = UNetConfig::mnist_cpu();
+    let cfg = UNetConfig {
+        ch: env("UNET_CH", UNetConfig::mnist_cpu().ch),
+        ..UNetConfig::mnist_cpu()
+    };
     let d = cfg.dim();
     let mut rng = Rng::new(0);
     let net = random_net(&cfg, &mut rng);
     println!(
-        "U-Net mnist_cpu: {} parameters, batch {batch}, f32; load average at start {}",
+        "U-Net mnist_cpu (ch = {}): {} parameters, batch {batch}, f32; load average at start {}",
+        cfg.ch,
         net.num_params(),
         load()
     );

@@ -62,7 +62,7 @@ fn grads_err(net: &dyn TimeNet, a: &[Tensor], b: &[Tensor]) -> f64 {
     rel_err(&pa, &pb)
 }
 
-/// Two levels (8×4 → 4×2, non-square), channel change, skips, attention down, middle and up.
+/// Two levels (8×4 → 4×2, non-square), skips into 1×1 shortcuts, attention down, middle, up.
 fn two_levels() -> UNetConfig {
     UNetConfig::tiny(2, 8, 4)
 }
@@ -327,8 +327,9 @@ fn parameter_count_in_closed_form() {
     }
     let mnist = UNetConfig::mnist_cpu();
     let net = UNet::new(&mnist, DType::F32, &Device::Cpu, &mut Rng::new(0)).unwrap();
-    assert_eq!(mnist.num_params(), net.num_params());
-    println!("mnist_cpu: {} parameters", net.num_params());
+    assert_eq!(net.num_params(), 280_177);
+    assert_eq!(mnist.num_params(), 280_177);
+    assert_eq!(UNetConfig::tiny(1, 8, 8).num_params(), 4_877);
 }
 
 #[test]
