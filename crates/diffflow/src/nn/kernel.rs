@@ -37,6 +37,24 @@ pub(crate) fn matmul<T: Real>(
     n: usize,
     k: usize,
     a: &[T],
+    a_strides: (usize, usize),
+    b: &[T],
+    b_strides: (usize, usize),
+    accumulate: bool,
+) {
+    matmul_strided(dst, (n, 1), m, n, k, a, a_strides, b, b_strides, accumulate)
+}
+
+/// [`matmul`] with `dst` also given by its row and column strides (e.g. a block of columns
+/// of a wider matrix).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn matmul_strided<T: Real>(
+    dst: &mut [T],
+    (d_rs, d_cs): (usize, usize),
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[T],
     (a_rs, a_cs): (usize, usize),
     b: &[T],
     (b_rs, b_cs): (usize, usize),
@@ -46,14 +64,18 @@ pub(crate) fn matmul<T: Real>(
         return;
     }
     count(m, n, k);
-    assert!(dst.len() >= m * n, "matmul: destination too small");
+    let last = |rs: usize, cs: usize, r: usize, c: usize| (r - 1) * rs + (c - 1) * cs;
+    assert!(dst.len() > last(d_rs, d_cs, m, n), "matmul: destination too small");
     if k == 0 {
         if !accumulate {
-            dst[..m * n].fill(T::zero());
+            for i in 0..m {
+                for j in 0..n {
+                    dst[i * d_rs + j * d_cs] = T::zero();
+                }
+            }
         }
         return;
     }
-    let last = |rs: usize, cs: usize, r: usize, c: usize| (r - 1) * rs + (c - 1) * cs;
     assert!(a.len() > last(a_rs, a_cs, m, k), "matmul: lhs too small");
     assert!(b.len() > last(b_rs, b_cs, k, n), "matmul: rhs too small");
     // SAFETY: the asserts above keep every access inside the three slices.
@@ -63,8 +85,8 @@ pub(crate) fn matmul<T: Real>(
             n,
             k,
             dst.as_mut_ptr(),
-            1,
-            n as isize,
+            d_cs as isize,
+            d_rs as isize,
             accumulate,
             a.as_ptr(),
             a_cs as isize,
