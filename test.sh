@@ -9,9 +9,11 @@ cargo test --workspace
 venv=target/py-venv
 rm -rf "$venv"
 python3 -m venv "$venv"
-"$venv/bin/pip" install --quiet --disable-pip-version-check maturin numpy pytest scikit-learn
+# shellcheck disable=SC1091
+source "$venv/bin/activate"
+pip install --quiet --disable-pip-version-check maturin numpy pytest scikit-learn
 # The dev profile reuses the dependencies `cargo test` has just compiled (`pip install
 # ./python` alone builds a release wheel, which compiles them again).
-MATURIN_PEP517_ARGS="--profile dev" "$venv/bin/pip" install --quiet --disable-pip-version-check \
+MATURIN_PEP517_ARGS="--profile dev" pip install --quiet --disable-pip-version-check \
     --no-build-isolation ./python
-DIFFFLOW_CLI="$PWD/target/debug/diffflow" "$venv/bin/python" -m pytest python/tests -q
+DIFFFLOW_CLI="$PWD/target/debug/diffflow" python -m pytest python/tests -q
