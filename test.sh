@@ -5,6 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 cargo test --workspace
+rust_s=$SECONDS
 
 venv=target/py-venv
 rm -rf "$venv"
@@ -17,3 +18,4 @@ pip install --quiet --disable-pip-version-check maturin numpy pytest scikit-lear
 MATURIN_PEP517_ARGS="--profile dev" pip install --quiet --disable-pip-version-check \
     --no-build-isolation ./python
 DIFFFLOW_CLI="$PWD/target/debug/diffflow" python -m pytest python/tests -q
+echo "test.sh: Rust tests ${rust_s} s, Python package and tests $((SECONDS - rust_s)) s"

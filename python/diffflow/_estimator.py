@@ -174,6 +174,19 @@ class DiffFlow:
             setattr(self, key, value)
         return self
 
+    def __sklearn_tags__(self):
+        """scikit-learn's tags (scikit-learn 1.6 and later calls this; the package does not
+        depend on scikit-learn): an unsupervised density estimator."""
+        from sklearn.utils import Tags, TargetTags
+
+        return Tags(
+            estimator_type="density_estimator",
+            target_tags=TargetTags(required=False),
+            transformer_tags=None,
+            regressor_tags=None,
+            classifier_tags=None,
+        )
+
     def __repr__(self):
         default = type(self)()
         changed = [

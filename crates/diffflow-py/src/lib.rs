@@ -59,8 +59,8 @@ pub(crate) fn table(x: &Bound<'_, PyAny>, name: &str) -> PyResult<Table> {
     };
     if untyped.ndim() != 2 {
         return Err(PyValueError::new_err(format!(
-            "{name} must be a 2-D array [n_samples, n_features], got shape {:?}{}",
-            untyped.shape(),
+            "{name} must be a 2-D array [n_samples, n_features], got shape {}{}",
+            py_shape(untyped.shape()),
             if untyped.ndim() == 1 {
                 " (reshape(-1, 1) for one feature, reshape(1, -1) for one sample)"
             } else {
@@ -102,6 +102,15 @@ pub(crate) fn table(x: &Bound<'_, PyAny>, name: &str) -> PyResult<Table> {
         cols,
         names: None,
     })
+}
+
+/// A shape as Python writes it: `(10,)`, `(2, 3, 4)`.
+fn py_shape(shape: &[usize]) -> String {
+    let dims: Vec<String> = shape.iter().map(usize::to_string).collect();
+    match dims.as_slice() {
+        [one] => format!("({one},)"),
+        _ => format!("({})", dims.join(", ")),
+    }
 }
 
 /// Row-major values [rows, cols] as a new numpy array.
