@@ -2,7 +2,7 @@
 eval`` on the same points of the same run (same solver, chunks, threads), timed alternately,
 medians of ``--runs`` repeats. Prints one JSON object.
 
-    python python/bench_overhead.py --cli target/release/diffflow --threads 2 --runs 3
+    python python/benches/overhead.py --cli target/release/diffflow --threads 2 --runs 3
 """
 
 import argparse
