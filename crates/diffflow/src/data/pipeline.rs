@@ -49,8 +49,6 @@ impl std::str::FromStr for Dequantize {
     }
 }
 
-/// Default held-out fraction of the main file for a part without its own file.
-
 /// Default held-out fraction of the main table for a part without its own table.
 pub const DEFAULT_FRACTION: f64 = 0.1;
 
