@@ -1,6 +1,8 @@
 """The package's overhead: ``DiffFlow.score_samples`` on 10,000 points against ``diffflow
 eval`` on the same points of the same run (same solver, chunks, threads), timed alternately,
-medians of ``--runs`` repeats. Prints one JSON object.
+medians of ``--runs`` repeats, wall-clock and CPU seconds (user + system: this process for
+the package, the child for the CLI; less sensitive to other load on a shared machine).
+Prints one JSON object.
 
     python python/benches/overhead.py --cli target/release/diffflow --threads 2 --runs 3
 """
@@ -8,6 +10,7 @@ medians of ``--runs`` repeats. Prints one JSON object.
 import argparse
 import json
 import pathlib
+import resource
 import subprocess
 import tempfile
 import time
@@ -15,6 +18,12 @@ import time
 import numpy as np
 
 from diffflow import DiffFlow
+
+
+def cpu(who):
+    """User + system CPU seconds of ``who`` (RUSAGE_SELF or RUSAGE_CHILDREN)."""
+    r = resource.getrusage(who)
+    return r.ru_utime + r.ru_stime
 
 
 def main():
@@ -39,14 +48,16 @@ def main():
             "--trajectories", "0", "--threads", str(args.threads), "--json",
             "--per-sample", str(d / "per_point.npy"),
         ]
-        py, cli, cli_inner = [], [], []
+        py, cli, cli_inner, py_cpu, cli_cpu = [], [], [], [], []
         for _ in range(args.runs):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), cpu(resource.RUSAGE_SELF)
             log_p = est.score_samples(points)
             py.append(time.perf_counter() - t0)
-            t0 = time.perf_counter()
+            py_cpu.append(cpu(resource.RUSAGE_SELF) - c0)
+            t0, c0 = time.perf_counter(), cpu(resource.RUSAGE_CHILDREN)
             out = subprocess.run(cmd, check=True, capture_output=True, text=True)
             cli.append(time.perf_counter() - t0)
+            cli_cpu.append(cpu(resource.RUSAGE_CHILDREN) - c0)
             report = json.loads(out.stdout)
             cli_inner.append(report["seconds_nll"])
         same = bool(np.array_equal(-np.load(d / "per_point.npy")[:, 0], log_p))
@@ -55,7 +66,9 @@ def main():
         "points": args.points, "dim": 4, "threads": args.threads, "runs": args.runs,
         "nfe": report["nfe"], "python_score_samples_s": med(py), "cli_eval_process_s": med(cli),
         "cli_eval_seconds_nll": med(cli_inner), "python_over_cli_process": med(py) / med(cli),
-        "python_over_cli_nll": med(py) / med(cli_inner), "same_numbers_bitwise": same,
+        "python_over_cli_nll": med(py) / med(cli_inner), "python_cpu_s": med(py_cpu),
+        "cli_cpu_s": med(cli_cpu), "python_over_cli_cpu": med(py_cpu) / med(cli_cpu),
+        "same_numbers_bitwise": same,
         "python_s_all": py, "cli_process_s_all": cli,
     }, indent=1))
 
