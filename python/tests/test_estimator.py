@@ -21,7 +21,7 @@ def trained_gaussian():
 
 def test_score_samples_match_the_true_gaussian_log_density(trained_gaussian):
     # KL(p || model) estimated on fresh points: mean of log p - log q. Measured over seeds
-    # 0-4 of the fit (600 iterations, /tmp/seeds.py in the report): 0.045 to 0.055 nats,
+    # 0-4 of the fit (600 iterations, as below): 0.045 to 0.055 nats,
     # and the per-point error |log q - log p| has a mean 0.16-0.18 (1500 iterations: 0.019
     # and 0.11; the model underfits the correlation, see the moments test). A model missing the standardisation's
     # log-Jacobian is off by log(3 * 0.5) = 0.41 nats, one ignoring the correlation
