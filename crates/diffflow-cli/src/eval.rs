@@ -40,9 +40,14 @@ pub struct EvalArgs {
     /// rows of a --data file).
     #[arg(long, alias = "n")]
     points: Option<usize>,
-    /// Divergence of the probability-flow ODE: exact or hutchinson.
-    #[arg(long, default_value = "exact")]
-    method: String,
+    /// Divergence of the probability-flow ODE: exact or hutchinson (default: exact;
+    /// hutchinson for image runs).
+    #[arg(long)]
+    method: Option<String>,
+    /// Image runs of 28x28 grey images: samples drawn (with the run's sampler) for the FID
+    /// of LeNet features against the run's test images and the class balance (0: skip).
+    #[arg(long, default_value_t = 1000)]
+    fid_samples: usize,
     /// Hutchinson probes per point (kept fixed through the solve, results averaged).
     #[arg(long, default_value_t = 1)]
     probes: usize,
@@ -133,6 +138,8 @@ pub struct Report {
     /// What the numbers mean beyond the obvious (dequantisation, dropped columns).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<ImageReport>,
     /// Per-point NLL and negative ELBO, data units (for --per-sample).
     #[serde(skip)]
     pub per_sample: Vec<[f64; 2]>,
@@ -179,6 +186,7 @@ impl Report {
             checkpoint: String::new(),
             log_abs_det: ev.log_abs_det,
             notes: Vec::new(),
+            image: None,
             per_sample: ev.per_point.clone(),
         }
     }
@@ -238,7 +246,12 @@ pub fn run(args: EvalArgs) -> Result<()> {
             (x, format!("{} {name} of {}", n, cfg.data.dataset))
         }
     };
-    let divergence = match args.method.as_str() {
+    let default_method = if model.image().is_some() {
+        "hutchinson"
+    } else {
+        "exact"
+    };
+    let divergence = match args.method.as_deref().unwrap_or(default_method) {
         "exact" => Divergence::Exact,
         "hutchinson" => Divergence::Hutchinson {
             probes: args.probes,
@@ -308,6 +321,33 @@ pub fn run(args: EvalArgs) -> Result<()> {
         .map(|f| f.to_string_lossy().into_owned())
         .unwrap_or_default();
     report.notes = notes;
+    if let Some((shape, levels)) = model.image() {
+        let bits = |nats: f64| nats / (d as f64 * std::f64::consts::LN_2);
+        report.image = Some(ImageReport {
+            shape: shape.to_string(),
+            levels,
+            bits_per_dim_stderr: bits(report.nll_stderr),
+            elbo_bits_per_dim_stderr: report.elbo_stderr.map(bits),
+            quality: None,
+        });
+        if args.fid_samples > 0 && crate::images::judged(shape) {
+            let reference = model.held_out(false)?;
+            let mut rng = Rng::stream(seed, Stream::Sample);
+            let x = model
+                .sample(
+                    args.fid_samples,
+                    &model.default_sampler(),
+                    diffflow::sample::SAMPLE_CHUNK,
+                    threads,
+                    &mut rng,
+                )?
+                .x;
+            let q = crate::images::quality(&model, &x, &reference, threads)?;
+            if let Some(img) = report.image.as_mut() {
+                img.quality = Some(q);
+            }
+        }
+    }
     if let Some(path) = &args.per_sample {
         write_per_sample(path, &report)
             .with_context(|| format!("cannot write {}", path.display()))?;
@@ -348,6 +388,17 @@ fn write_per_sample(path: &Path, r: &Report) -> Result<()> {
         _ => bail!("unknown extension (expected .csv or .npy)"),
     }
     Ok(())
+}
+
+/// What `eval` adds for an image run: the standard errors in bits/dim and, for 28x28 grey
+/// images, the LeNet judge's view of samples.
+#[derive(Serialize)]
+pub struct ImageReport {
+    pub shape: String,
+    pub levels: u32,
+    pub bits_per_dim_stderr: f64,
+    pub elbo_bits_per_dim_stderr: Option<f64>,
+    pub quality: Option<crate::images::Quality>,
 }
 
 /// Writes to stdout; a closed pipe (`| head`) is not an error.
@@ -421,6 +472,29 @@ fn format_report(r: &Report) -> String {
         "time {:.2} s (NLL {:.2} s, ELBO {:.2} s)",
         r.seconds, r.seconds_nll, r.seconds_elbo
     );
+    if let Some(img) = &r.image {
+        let _ = writeln!(
+            o,
+            "images {} ({} levels), {} test images: bits/dim {:.4} ± {:.4} (probability flow){}",
+            img.shape,
+            img.levels,
+            r.n,
+            r.bits_per_dim,
+            img.bits_per_dim_stderr,
+            match (r.elbo_bits_per_dim, img.elbo_bits_per_dim_stderr) {
+                (Some(b), Some(se)) => format!(", {b:.4} ± {se:.4} (negative ELBO)"),
+                _ => String::new(),
+            }
+        );
+        if let Some(q) = &img.quality {
+            let _ = writeln!(
+                o,
+                "FID (LeNet features) {:.3} of {} samples against {} test images; predicted \
+                 classes KL to uniform {:.4} nats, mean max probability {:.3}",
+                q.fid_lenet, q.samples, q.reference, q.balance.kl_to_uniform, q.balance.mean_max_prob
+            );
+        }
+    }
     for n in &r.notes {
         let _ = writeln!(o, "note: {n}");
     }
