@@ -240,8 +240,17 @@ fn evaluate(
     let grid_x = model
         .sample(n_grid, &model.default_sampler(), n_grid, threads, &mut rng)?
         .x;
-    let title = format!("{} ({} parameters, {iters} iterations)", model.kind(), model.num_params());
-    images::write_grid(model, &grid_x, &args.out.join(format!("{key}-samples.png")), &title)?;
+    let title = format!(
+        "{} ({} parameters, {iters} iterations)",
+        model.kind(),
+        model.num_params()
+    );
+    images::write_grid(
+        model,
+        &grid_x,
+        &args.out.join(format!("{key}-samples.png")),
+        &title,
+    )?;
     let tweedie = model.cfg.sample.tweedie;
     let sampler_at = |n: usize, rng: &mut Rng| -> Result<Sampler> {
         Ok(Sampler::Sde {
@@ -258,7 +267,9 @@ fn evaluate(
         for &n in ns {
             let mut rng = Rng::stream(args.seed, Stream::Sample);
             let sampler = sampler_at(n, &mut rng)?;
-            let x = model.sample(args.fid_samples, &sampler, chunk, threads, &mut rng)?.x;
+            let x = model
+                .sample(args.fid_samples, &sampler, chunk, threads, &mut rng)?
+                .x;
             let q = images::quality(model, &x, &reference, threads)?;
             eprintln!("{}: N = {n}: FID (LeNet) {:.3}", model.kind(), q.fid_lenet);
             if n == model.sample_n() {
@@ -269,7 +280,13 @@ fn evaluate(
         }
         if fid.is_none() {
             let x = model
-                .sample(args.fid_samples, &model.default_sampler(), chunk, threads, &mut rng)?
+                .sample(
+                    args.fid_samples,
+                    &model.default_sampler(),
+                    chunk,
+                    threads,
+                    &mut rng,
+                )?
                 .x;
             let q = images::quality(model, &x, &reference, threads)?;
             fid = Some(q.fid_lenet);

@@ -36,8 +36,8 @@ pub struct EvalArgs {
     /// Fresh points of a built-in 2-D data set instead (drawn with --seed).
     #[arg(long)]
     dataset: Option<String>,
-    /// Number of points evaluated (default: 5000 for --dataset and the held-out points, all
-    /// rows of a --data file).
+    /// Number of points evaluated (default: 5000 for --dataset and the held-out points, 200
+    /// test images of an image run, all rows of a --data file).
     #[arg(long, alias = "n")]
     points: Option<usize>,
     /// Divergence of the probability-flow ODE: exact or hutchinson (default: exact;
@@ -199,7 +199,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let seed = args.seed.unwrap_or(cfg.train.seed);
     let deq = args.dequantize.parse::<Dequantize>()?;
     let mut notes = model.columns.as_ref().map(column_notes).unwrap_or_default();
-    if args.split.is_some() && cfg.data.file.is_none() {
+    if args.split.is_some() && cfg.data.file.is_none() && cfg.data.image.is_none() {
         bail!("--split needs a run trained on a data file (built-in sets have test points only)");
     }
     let (x, what) = match (&args.data, &args.dataset) {
@@ -236,9 +236,12 @@ pub fn run(args: EvalArgs) -> Result<()> {
             if x.is_empty() {
                 bail!("the run has no {split} points: give --data or --dataset");
             }
-            let n = args.points.unwrap_or(5000).min(x.len() / d);
+            // Images: each point is an ODE solve through two U-Nets.
+            let default = if model.image().is_some() { 200 } else { 5000 };
+            let n = args.points.unwrap_or(default).min(x.len() / d);
             x.truncate(n * d);
-            let name = match (cfg.data.file.is_some(), val) {
+            let split_data = cfg.data.file.is_some() || cfg.data.image.is_some();
+            let name = match (split_data, val) {
                 (false, _) => "held-out points",
                 (true, true) => "validation split",
                 (true, false) => "test split",
@@ -491,7 +494,11 @@ fn format_report(r: &Report) -> String {
                 o,
                 "FID (LeNet features) {:.3} of {} samples against {} test images; predicted \
                  classes KL to uniform {:.4} nats, mean max probability {:.3}",
-                q.fid_lenet, q.samples, q.reference, q.balance.kl_to_uniform, q.balance.mean_max_prob
+                q.fid_lenet,
+                q.samples,
+                q.reference,
+                q.balance.kl_to_uniform,
+                q.balance.mean_max_prob
             );
         }
     }

@@ -131,11 +131,7 @@ pub fn run(args: SampleArgs) -> Result<()> {
             let tweedie = args.tweedie || (cfg.sample.tweedie && !args.no_tweedie);
             let how = format!(
                 "SDE lambda = {lambda}, N = {n_steps}{}",
-                if tweedie {
-                    ", Tweedie last step"
-                } else {
-                    ""
-                }
+                if tweedie { ", Tweedie last step" } else { "" }
             );
             let sampler = Sampler::Sde {
                 lambda,

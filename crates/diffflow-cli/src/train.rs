@@ -713,8 +713,7 @@ fn write_held_out(trainer: &Trainer, out: &Path) -> Result<()> {
     };
     let n = (trainer.data.test.len() / trainer.data.dim.max(1)).min(points);
     let bars = crate::progress::EvalBars::new(n);
-    let Some((rec, ev)) =
-        trainer.evaluate_held_out(out, points, &|phase, k| bars.inc(phase, k))?
+    let Some((rec, ev)) = trainer.evaluate_held_out(out, points, &|phase, k| bars.inc(phase, k))?
     else {
         return Ok(());
     };

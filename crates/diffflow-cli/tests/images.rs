@@ -42,12 +42,20 @@ fn digits_images_train_sample_and_eval_for_diffflow_and_ddpm_ls() {
             .output()
             .unwrap());
         let stderr = String::from_utf8_lossy(&out.stderr);
-        for f in ["config.toml", "model.safetensors", "samples.png", "trajectory.png"] {
+        for f in [
+            "config.toml",
+            "model.safetensors",
+            "samples.png",
+            "trajectory.png",
+        ] {
             assert!(dir.join(f).exists(), "{model}: {f} missing; {stderr}");
         }
         assert!(stderr.contains("bits/dim"), "{stderr}");
         let cfg = std::fs::read_to_string(dir.join("config.toml")).unwrap();
-        assert!(cfg.contains("[model.unet]") && cfg.contains("[data.image]"), "{cfg}");
+        assert!(
+            cfg.contains("[model.unet]") && cfg.contains("[data.image]"),
+            "{cfg}"
+        );
         assert!(cfg.contains("set = \"digits-images\""), "{cfg}");
         // 20 samples: two rows of ten in the grid; the strip: 8 rows of 7 states.
         let (w, h) = png_size(&dir.join("samples.png"));
@@ -63,7 +71,15 @@ fn digits_images_train_sample_and_eval_for_diffflow_and_ddpm_ls() {
             .unwrap());
         assert!(png_size(&grid).1 > png_size(&dir.join("samples.png")).1);
         let out = ok(bin()
-            .args(["eval", "--points", "12", "--threads", "1", "--json", "--run"])
+            .args([
+                "eval",
+                "--points",
+                "12",
+                "--threads",
+                "1",
+                "--json",
+                "--run",
+            ])
             .arg(&dir)
             .output()
             .unwrap());
@@ -72,12 +88,18 @@ fn digits_images_train_sample_and_eval_for_diffflow_and_ddpm_ls() {
         assert_eq!(v["dim"], 64);
         assert_eq!(v["image"]["shape"], "1x8x8");
         assert_eq!(v["image"]["levels"], 17);
-        assert!(v["divergence"].as_str().unwrap().contains("hutchinson"), "{v}");
+        assert!(
+            v["divergence"].as_str().unwrap().contains("hutchinson"),
+            "{v}"
+        );
         // bits/dim = nats / (64 ln 2); a barely trained model is worse than uniform
         // pixels (log2 17 = 4.09 bits/dim) but finite.
         let bpd = v["bits_per_dim"].as_f64().unwrap();
         let nll = v["nll"].as_f64().unwrap();
-        assert!((bpd - nll / (64.0 * std::f64::consts::LN_2)).abs() < 1e-9, "{v}");
+        assert!(
+            (bpd - nll / (64.0 * std::f64::consts::LN_2)).abs() < 1e-9,
+            "{v}"
+        );
         assert!(bpd.is_finite() && bpd > 0.0, "{v}");
         assert!(v["elbo_bits_per_dim"].as_f64().unwrap() >= bpd - 1.0, "{v}");
         assert!(v["image"]["bits_per_dim_stderr"].as_f64().unwrap() > 0.0);
@@ -109,8 +131,16 @@ fn folder(root: &Path, case: &str, broken: (&str, Vec<u8>)) -> std::path::PathBu
     let dir = root.join(case);
     std::fs::create_dir_all(&dir).unwrap();
     for (prefix, n) in [("train", 3u32), ("t10k", 2)] {
-        write(&dir, &format!("{prefix}-images-idx3-ubyte"), &idx(&[n, 28, 28], n as usize * 784));
-        write(&dir, &format!("{prefix}-labels-idx1-ubyte"), &idx(&[n], n as usize));
+        write(
+            &dir,
+            &format!("{prefix}-images-idx3-ubyte"),
+            &idx(&[n, 28, 28], n as usize * 784),
+        );
+        write(
+            &dir,
+            &format!("{prefix}-labels-idx1-ubyte"),
+            &idx(&[n], n as usize),
+        );
     }
     write(&dir, broken.0, &broken.1);
     dir
@@ -124,15 +154,35 @@ fn broken_idx_folders_are_one_line_errors_without_a_run_folder() {
     let mut magic = idx(&[3, 28, 28], 3 * 784);
     magic[0] = 0x12;
     let cases = [
-        ("truncated", ("train-images-idx3-ubyte", truncated), "train-images-idx3-ubyte"),
-        ("magic", ("train-images-idx3-ubyte", magic), "train-images-idx3-ubyte"),
-        ("counts", ("t10k-labels-idx1-ubyte", idx(&[5], 5)), "t10k-labels-idx1-ubyte"),
+        (
+            "truncated",
+            ("train-images-idx3-ubyte", truncated),
+            "train-images-idx3-ubyte",
+        ),
+        (
+            "magic",
+            ("train-images-idx3-ubyte", magic),
+            "train-images-idx3-ubyte",
+        ),
+        (
+            "counts",
+            ("t10k-labels-idx1-ubyte", idx(&[5], 5)),
+            "t10k-labels-idx1-ubyte",
+        ),
     ];
     for (case, broken, file) in cases {
         let dir = folder(root.path(), case, broken);
         let out_dir = root.path().join(format!("run-{case}"));
         let out = bin()
-            .args(["train", "--dataset", "mnist", "--iters", "1", "--threads", "1"])
+            .args([
+                "train",
+                "--dataset",
+                "mnist",
+                "--iters",
+                "1",
+                "--threads",
+                "1",
+            ])
             .arg("--data-dir")
             .arg(&dir)
             .arg("--out")
@@ -154,9 +204,18 @@ fn broken_idx_folders_are_one_line_errors_without_a_run_folder() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("--data-dir"), "{err}");
     let out = bin()
-        .args(["train", "--dataset", "mnist", "--data-dir", "/nonexistent/mnist"])
+        .args([
+            "train",
+            "--dataset",
+            "mnist",
+            "--data-dir",
+            "/nonexistent/mnist",
+        ])
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("/nonexistent/mnist"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("/nonexistent/mnist"),
+        "{err}"
+    );
 }

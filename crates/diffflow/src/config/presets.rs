@@ -312,7 +312,11 @@ fn digits_images(mut c: RunConfig) -> RunConfig {
 pub fn matched_unet(u: &UNetConfig, target: usize) -> UNetConfig {
     let with = |ch: usize| UNetConfig { ch, ..u.clone() };
     // `ch` must be even and a multiple of the groups.
-    let step = if u.groups % 2 == 0 { u.groups } else { 2 * u.groups };
+    let step = if u.groups % 2 == 0 {
+        u.groups
+    } else {
+        2 * u.groups
+    };
     let gap = |ch: usize| with(ch).num_params().abs_diff(target);
     let mut best = u.ch;
     let mut ch = 4usize.div_ceil(step) * step;

@@ -51,8 +51,10 @@ impl ImageSource {
     /// Checks the fractions and that shape and levels are the set's; errors name the field.
     pub fn validate(&self) -> Result<()> {
         let bad = |msg: String| Err(Error::config(format!("data.image.{msg}")));
-        for (name, v) in [("val_fraction", self.val_fraction), ("test_fraction", self.test_fraction)]
-        {
+        for (name, v) in [
+            ("val_fraction", self.val_fraction),
+            ("test_fraction", self.test_fraction),
+        ] {
             if !(0.0..1.0).contains(&v) {
                 return bad(format!("{name} must be in [0, 1), got {v}"));
             }
@@ -120,7 +122,11 @@ mod tests {
         assert!(n(&p.val) > 100 && n(&p.test) > 100);
         let mut bad = src.clone();
         bad.levels = 256;
-        assert!(bad.validate().unwrap_err().to_string().contains("17 levels"));
+        assert!(bad
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("17 levels"));
         let mut bad = src.clone();
         bad.test_fraction = 1.5;
         assert!(bad
@@ -129,6 +135,10 @@ mod tests {
             .to_string()
             .contains("data.image.test_fraction"));
         let mnist = ImageSource::new(ImageDataset::Mnist, None);
-        assert!(mnist.validate().unwrap_err().to_string().contains("--data-dir"));
+        assert!(mnist
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("--data-dir"));
     }
 }

@@ -309,7 +309,12 @@ impl Model {
     /// The forward process (11) from the points `x` [n, d] (data units) along the run's fixed
     /// grid of `n_steps` steps, the noises from `rng`: the `n_steps + 1` states `x_0 … x_N`
     /// in the model's standardised units (for images: `[−1, 1]`). Shapes: → N + 1 × [n, d].
-    pub fn forward_states(&self, x: &[f64], n_steps: usize, rng: &mut Rng) -> Result<Vec<Vec<f64>>> {
+    pub fn forward_states(
+        &self,
+        x: &[f64],
+        n_steps: usize,
+        rng: &mut Rng,
+    ) -> Result<Vec<Vec<f64>>> {
         let xs = self.standardised(x)?;
         let (d, flow) = (self.dim(), &self.flow);
         let n = xs.len() / d;
