@@ -4,7 +4,7 @@
 use diffflow::config::{ModelKind, Preset, RunConfig};
 use diffflow::data::{ImageDataset, ImageSource};
 use diffflow::model::build;
-use diffflow::nn::{TimeNet, UNetConfig};
+use diffflow::nn::UNetConfig;
 use diffflow::rng::Rng;
 
 /// `config.toml` files written by `diffflow train` before U-Nets existed (main at f23f126:
