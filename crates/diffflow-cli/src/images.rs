@@ -7,6 +7,7 @@ use diffflow::classifier::{class_balance, ClassBalance, Classifier};
 use diffflow::data::ImageShape;
 use diffflow::model::Model;
 use diffflow::rng::{Rng, Stream};
+use diffflow::train::Trainer;
 use serde::Serialize;
 use std::path::Path;
 
@@ -63,6 +64,34 @@ pub fn write_trajectory(model: &Model, x: &[f64], path: &Path) -> Result<()> {
         &times,
         &format(shape, [-1.0, 1.0]),
     )
+}
+
+/// An image run's pictures: `samples.png` (a 10 x 10 grid of the samples) and
+/// `trajectory.png` (the forward process from test images).
+pub fn write_run_pictures(
+    trainer: &Trainer,
+    model: &Model,
+    samples: &[f64],
+    out: &Path,
+) -> Result<()> {
+    let cfg = &trainer.cfg;
+    let title = format!(
+        "{} on {}: {} iterations, N = {}{}",
+        cfg.model.kind,
+        cfg.data.dataset,
+        trainer.step,
+        model.sample_n(),
+        if cfg.sample.tweedie { ", Tweedie" } else { "" }
+    );
+    write_grid(model, samples, &out.join("samples.png"), &title)?;
+    let mut x = if trainer.data.test.is_empty() {
+        trainer.data.train.clone()
+    } else {
+        trainer.data.test.clone()
+    };
+    x.truncate(8 * trainer.data.dim);
+    trainer.data.standardizer.invert(&mut x);
+    write_trajectory(model, &x, &out.join("trajectory.png"))
 }
 
 /// Sample quality of an MNIST-shaped run by the shipped LeNet.

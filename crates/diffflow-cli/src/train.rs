@@ -740,34 +740,6 @@ fn write_held_out(trainer: &Trainer, out: &Path) -> Result<()> {
     Ok(())
 }
 
-/// An image run's pictures: `samples.png` (a 10 x 10 grid of the samples) and
-/// `trajectory.png` (the forward process from test images).
-fn write_image_pictures(
-    trainer: &Trainer,
-    model: &Model,
-    samples: &[f64],
-    out: &Path,
-) -> Result<()> {
-    let cfg = &trainer.cfg;
-    let title = format!(
-        "{} on {}: {} iterations, N = {}{}",
-        cfg.model.kind,
-        cfg.data.dataset,
-        trainer.step,
-        model.sample_n(),
-        if cfg.sample.tweedie { ", Tweedie" } else { "" }
-    );
-    crate::images::write_grid(model, samples, &out.join("samples.png"), &title)?;
-    let mut x = if trainer.data.test.is_empty() {
-        trainer.data.train.clone()
-    } else {
-        trainer.data.test.clone()
-    };
-    x.truncate(8 * trainer.data.dim);
-    trainer.data.standardizer.invert(&mut x);
-    crate::images::write_trajectory(model, &x, &out.join("trajectory.png"))
-}
-
 /// Draws `cfg.sample.n` points with the run's sampler on the worker threads and writes
 /// `samples.png`: data (held-out points) beside samples, in data units.
 fn write_samples(trainer: &Trainer, out: &Path) -> Result<()> {
@@ -784,7 +756,7 @@ fn write_samples(trainer: &Trainer, out: &Path) -> Result<()> {
         )?
         .x;
     if model.image().is_some() {
-        return write_image_pictures(trainer, &model, &samples, out);
+        return crate::images::write_run_pictures(trainer, &model, &samples, out);
     }
     let d = trainer.data.dim;
     let mut data = if trainer.data.test.is_empty() {
