@@ -219,3 +219,52 @@ fn broken_idx_folders_are_one_line_errors_without_a_run_folder() {
         "{err}"
     );
 }
+
+#[test]
+fn compare_images_writes_both_grids_and_the_table() {
+    let root = tempfile::tempdir().unwrap();
+    let out = root.path().join("cmp");
+    ok(bin()
+        .args([
+            "compare-images",
+            "--dataset",
+            "digits-images",
+            "--iters",
+            "3",
+        ])
+        .args(["--points", "4", "--threads", "1", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap());
+    for f in [
+        "diffflow-samples.png",
+        "ddpm-ls-samples.png",
+        "report.md",
+        "results.json",
+    ] {
+        assert!(out.join(f).exists(), "{f} missing");
+    }
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("results.json")).unwrap()).unwrap();
+    let models = v["models"].as_array().unwrap();
+    assert_eq!(models.len(), 2);
+    assert_eq!(models[0]["model"], "DiffFlow");
+    assert_eq!(models[1]["model"], "DDPM (L_s)");
+    // Matched size: the DDPM's one U-Net within 15% of DiffFlow's two; same iterations.
+    let p = |i: usize| models[i]["params"].as_f64().unwrap();
+    assert!((p(1) / p(0) - 1.0).abs() < 0.15, "{v}");
+    assert_eq!(models[0]["iters"], 3);
+    assert_eq!(models[1]["iters"], 3);
+    for m in models {
+        assert_eq!(m["test_images"], 4);
+        assert!(m["bits_per_dim_ode"].as_f64().unwrap().is_finite());
+        assert!(m["bits_per_dim_elbo"].as_f64().unwrap().is_finite());
+        // 8x8 images: no LeNet FID.
+        assert!(m["fid_lenet"].is_null() && m["fid_by_n"].as_array().unwrap().is_empty());
+    }
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(
+        md.contains("| DiffFlow |") && md.contains("| DDPM (L_s) |"),
+        "{md}"
+    );
+}
