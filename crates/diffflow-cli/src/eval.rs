@@ -8,7 +8,7 @@ use diffflow::data::source::Dequantize;
 use diffflow::data::tabular;
 use diffflow::data::toy_2d;
 use diffflow::likelihood::{Divergence, ElboOptions, NllOptions, Probe};
-use diffflow::model::{column_notes, Checkpoint, EvalOptions, Evaluation, Model};
+use diffflow::model::{column_notes, EvalOptions, Evaluation};
 use diffflow::ode::{Method, Tolerances};
 use diffflow::rng::{Rng, Stream};
 use diffflow::sde::fixed_grid;
@@ -17,13 +17,8 @@ use std::path::{Path, PathBuf};
 
 #[derive(Args)]
 pub struct EvalArgs {
-    /// Run folder written by `diffflow train`.
-    #[arg(long)]
-    run: PathBuf,
-    /// Which checkpoint: best (best.safetensors, the best validation value; the default when
-    /// the run has one) or last (model.safetensors).
-    #[arg(long, value_name = "best|last")]
-    checkpoint: Option<String>,
+    #[command(flatten)]
+    model: crate::run_args::RunArgs,
     /// Points to evaluate, in data units: a .csv/.tsv/.txt or .npy file (optionally .gz), one
     /// point per row. For a run trained on a data file: the same columns as that file (its
     /// column selection and the dropping of constant columns are applied), or only the
@@ -78,9 +73,6 @@ pub struct EvalArgs {
     /// Steps N of the ELBO's grid (default: the run's sampling N).
     #[arg(long)]
     elbo_steps: Option<usize>,
-    /// Weights: ema or live (default: the run's sampling weights).
-    #[arg(long)]
-    weights: Option<String>,
     /// Seed of the probes, ELBO noise and --dataset points (default: the run's seed).
     #[arg(long)]
     seed: Option<u64>,
@@ -193,17 +185,7 @@ impl Report {
 }
 
 pub fn run(args: EvalArgs) -> Result<()> {
-    let weights = args
-        .weights
-        .as_deref()
-        .map(str::parse::<Weights>)
-        .transpose()?;
-    let which = args
-        .checkpoint
-        .as_deref()
-        .map(str::parse::<Checkpoint>)
-        .transpose()?;
-    let model = Model::load(&args.run, which, weights)?;
+    let model = args.model.load()?;
     let cfg = &model.cfg;
     let d = model.dim();
     let seed = args.seed.unwrap_or(cfg.train.seed);

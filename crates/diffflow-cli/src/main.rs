@@ -6,6 +6,7 @@ mod compare;
 mod eval;
 mod plot;
 mod progress;
+mod run_args;
 mod sample;
 mod train;
 mod tune;

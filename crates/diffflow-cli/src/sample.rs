@@ -4,9 +4,8 @@
 use crate::plot::{self, Panel, Style};
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use diffflow::config::Weights;
 use diffflow::data::tabular::{self, Table};
-use diffflow::model::{Checkpoint, Model, SampleGrid, Sampler};
+use diffflow::model::{SampleGrid, Sampler};
 use diffflow::ode::{Method, Tolerances};
 use diffflow::rng::{Rng, Stream};
 use std::path::{Path, PathBuf};
@@ -15,12 +14,8 @@ use std::time::Instant;
 #[derive(Args)]
 #[command(allow_negative_numbers = true)]
 pub struct SampleArgs {
-    /// Run folder written by `diffflow train`.
-    #[arg(long)]
-    run: PathBuf,
-    /// Which checkpoint: best (best.safetensors; the default when the run has one) or last.
-    #[arg(long, value_name = "best|last")]
-    checkpoint: Option<String>,
+    #[command(flatten)]
+    model: crate::run_args::RunArgs,
     /// Runs on a data file: round the dequantised columns down to whole numbers, like the
     /// data before dequantisation (samples are otherwise of the dequantised density).
     #[arg(long)]
@@ -59,9 +54,6 @@ pub struct SampleArgs {
     rtol: f64,
     #[arg(long, default_value_t = 1e-5)]
     atol: f64,
-    /// Weights: ema or live (default: the run's).
-    #[arg(long)]
-    weights: Option<String>,
     /// Seed (default: the run's).
     #[arg(long)]
     seed: Option<u64>,
@@ -103,17 +95,7 @@ pub fn run(args: SampleArgs) -> Result<()> {
     if args.n == 0 {
         bail!("--n must be >= 1");
     }
-    let weights = args
-        .weights
-        .as_deref()
-        .map(str::parse::<Weights>)
-        .transpose()?;
-    let which = args
-        .checkpoint
-        .as_deref()
-        .map(str::parse::<Checkpoint>)
-        .transpose()?;
-    let model = Model::load(&args.run, which, weights)?;
+    let model = args.model.load()?;
     if args.quantize
         && model
             .columns

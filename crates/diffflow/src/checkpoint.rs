@@ -331,7 +331,9 @@ pub fn load_net_vars(
     load_vars(net.vars().iter(), prefix, file, path)
 }
 
-fn load_vars<'a>(
+/// Sets each of `vars` from `file`'s tensor `prefix.` + its name, checking shape and dtype
+/// (F32 or F64, converted to the variable's dtype and moved to its device).
+pub(crate) fn load_vars<'a>(
     vars: impl Iterator<Item = &'a (String, Var)>,
     prefix: &str,
     file: &TensorFile,
@@ -359,7 +361,7 @@ fn load_vars<'a>(
                 ),
             ));
         }
-        var.set(&t.to_dtype(var.dtype())?)?;
+        var.set(&t.to_dtype(var.dtype())?.to_device(var.device())?)?;
     }
     Ok(())
 }

@@ -29,6 +29,7 @@ pub mod adjoint;
 pub mod analytic;
 pub mod baselines;
 pub mod checkpoint;
+pub mod classifier;
 pub mod config;
 pub mod data;
 pub mod error;

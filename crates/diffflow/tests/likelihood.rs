@@ -2,6 +2,8 @@
 //! whose probability-flow ODE maps `N(mu, Sigma)` exactly onto the prior; and a briefly trained
 //! 2-D model, whose negative ELBO must lie above its probability-flow NLL.
 
+mod common;
+
 use diffflow::analytic::GaussianFlow;
 use diffflow::config::{Preset, RunConfig};
 use diffflow::flow::Steps;
@@ -100,7 +102,7 @@ fn pf_ode_nll_equals_the_closed_form_gaussian_nll() {
             .iter()
             .zip(&want)
             .map(|(a, b)| (a - b).abs())
-            .fold(0.0, f64::max);
+            .fold(0.0, common::nan_max);
         eprintln!(
             "d = {}: max |NLL - closed form| = {worst:.2e} nats, NFE per solve {:.0}",
             m.dim(),
@@ -132,7 +134,7 @@ fn fixed_step_rk4_converges_at_fourth_order_on_the_nll() {
             .iter()
             .zip(&want)
             .map(|(a, b)| (a - b).abs())
-            .fold(0.0, f64::max)
+            .fold(0.0, common::nan_max)
     };
     let (e1, e2) = (err(20), err(40));
     eprintln!(

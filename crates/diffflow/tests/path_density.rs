@@ -7,6 +7,8 @@
 //! A time-varying `g` and a random grid make every `g_i` / `g_{i+1}`, `t_i` / `t_{i+1}` and
 //! `Δt_i` / `Δt_{i−1}` mix-up change the numbers (a constant `g` or a uniform grid hides them).
 
+mod common;
+
 use candle_core::{DType, Device, Tensor, Var};
 use diffflow::adjoint::{adjoint_gradient, engine_adjoint_gradient, naive_gradient, Gradient};
 use diffflow::flow::{neg_elbo, DiffFlow, Steps};
@@ -149,7 +151,7 @@ fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
     a.iter()
         .zip(b)
         .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f64::max)
+        .fold(0.0, common::nan_max)
 }
 
 /// A flexible grid of `n` steps, `g` on it, `x0` [b, d] and noises [n, b, d].
@@ -235,7 +237,7 @@ fn rel_err(a: &[Tensor], b: &[Tensor]) -> f64 {
             let scale = y.iter().fold(0.0f64, |m, v| m.max(v.abs()));
             max_abs_diff(&x, &y) / scale.max(1e-300)
         })
-        .fold(0.0, f64::max)
+        .fold(0.0, common::nan_max)
 }
 
 fn same(a: &Gradient, b: &Gradient) -> bool {

@@ -2,6 +2,8 @@
 //! processes map the prior exactly onto `N(mu, Sigma)`: SDE(lambda) for lambda in {0, 0.5, 1},
 //! the probability-flow ODE with RK4 and Dormand–Prince, and the Tweedie last step.
 
+mod common;
+
 use candle_core::{Device, Tensor};
 use diffflow::analytic::{Field, GaussianFlow};
 use diffflow::flow::Steps;
@@ -144,7 +146,7 @@ fn ode_samplers_match_the_target() {
         .iter()
         .zip(rows(&dp))
         .map(|(a, b)| (a - b).abs())
-        .fold(0.0, f64::max);
+        .fold(0.0, common::nan_max);
     eprintln!(
         "rk4 vs dopri5 max difference {diff:.2e}, dopri5 NFE {}",
         stats[0].nfe
@@ -186,7 +188,7 @@ fn tweedie_step_removes_exactly_the_last_noise() {
         .zip(&tw)
         .zip(&eta0)
         .map(|((a, b), e)| (a - b - scale * e).abs())
-        .fold(0.0, f64::max);
+        .fold(0.0, common::nan_max);
     assert!(worst < 1e-12, "{worst}");
     let (_, c_em) = moments(&em, d);
     let (_, c_tw) = moments(&tw, d);

@@ -6,10 +6,17 @@
 //! activations of the graph-free forward pass are kept for the sweep while they fit in
 //! [`TAPE_CACHE_BYTES`] per worker, which saves up to N of the 7N network passes; beyond that
 //! they are recomputed, so memory stays flat in N.
+//!
+//! Precision: the networks run in `T`; everything else is f64 (the per-row states, backward
+//! noises and adjoints, the sums of the nodes' and tiles' gradients, the time paths). For
+//! `T = f32` this is what keeps the gradient as close to the f64 one as the f32 network
+//! passes allow: the backward noise divides `x_i − x_{i+1}` by `g √Δt` (about 0.01), the
+//! adjoint's `±u` terms cancel to a small remainder, and the drift's gradient is a sum over
+//! the nodes of terms that nearly cancel (see `tests/reference_vectors.rs`).
 
 use super::{Gradient, LossParts};
 use crate::flow::{log_g_ratio_sum, Steps, HALF_LN_2PI};
-use crate::nn::{Mlp, MlpEngine, Real, Scratch, Tape, TimeFeatures, TimeNet};
+use crate::nn::{drain_into, Mlp, MlpEngine, Real, Scratch, Tape, TimeFeatures, TimeNet};
 use crate::{Error, Result};
 use candle_core::{Storage, StorageRef, Tensor};
 use std::any::Any;
@@ -64,27 +71,28 @@ pub fn cached_nodes(
     (TAPE_CACHE_BYTES / tape.max(1)).min(n)
 }
 
-/// One tile's contribution: loss sums and parameter gradients, with the cotangents of the
-/// first layers' biases per node (the time paths are pulled back once, after summing).
-struct Part<T> {
+/// One tile's contribution, summed in f64: loss sums and parameter gradients, with the
+/// cotangents of the first layers' biases per node (the time paths are pulled back once,
+/// after summing).
+struct Part {
     prior: f64,
     path: f64,
-    drift: Vec<Vec<T>>,
-    score: Vec<Vec<T>>,
+    drift: Vec<Vec<f64>>,
+    score: Vec<Vec<f64>>,
     /// `[N + 1, H]` each.
-    dh_drift: Vec<T>,
-    dh_score: Vec<T>,
+    dh_drift: Vec<f64>,
+    dh_score: Vec<f64>,
 }
 
-impl<T: Real> Part<T> {
-    fn new(fe: &MlpEngine<T>, se: &MlpEngine<T>, nodes: usize, h: usize) -> Self {
+impl Part {
+    fn new<T: Real>(fe: &MlpEngine<T>, se: &MlpEngine<T>, nodes: usize, h: usize) -> Self {
         Part {
             prior: 0.0,
             path: 0.0,
             drift: fe.zero_grads(),
             score: se.zero_grads(),
-            dh_drift: vec![T::zero(); nodes * h],
-            dh_score: vec![T::zero(); nodes * h],
+            dh_drift: vec![0.0; nodes * h],
+            dh_score: vec![0.0; nodes * h],
         }
     }
 
@@ -92,13 +100,13 @@ impl<T: Real> Part<T> {
         self.prior = 0.0;
         self.path = 0.0;
         for v in self.drift.iter_mut().chain(self.score.iter_mut()) {
-            v.fill(T::zero());
+            v.fill(0.0);
         }
-        self.dh_drift.fill(T::zero());
-        self.dh_score.fill(T::zero());
+        self.dh_drift.fill(0.0);
+        self.dh_score.fill(0.0);
     }
 
-    fn add(&mut self, o: &Part<T>) {
+    fn add(&mut self, o: &Part) {
         self.prior += o.prior;
         self.path += o.path;
         let pairs = self
@@ -121,15 +129,15 @@ impl<T: Real> Part<T> {
 }
 
 /// Tiles finished out of order wait here until all earlier ones are summed.
-struct Reducer<T> {
+struct Reducer {
     next: usize,
-    pending: Vec<Option<Part<T>>>,
-    total: Option<Part<T>>,
-    spare: Vec<Part<T>>,
+    pending: Vec<Option<Part>>,
+    total: Option<Part>,
+    spare: Vec<Part>,
 }
 
-impl<T: Real> Reducer<T> {
-    fn push(&mut self, i: usize, part: Part<T>) {
+impl Reducer {
+    fn push(&mut self, i: usize, part: Part) {
         self.pending[i] = Some(part);
         while let Some(p) = self.pending.get_mut(self.next).and_then(Option::take) {
             match self.total.as_mut() {
@@ -146,24 +154,37 @@ impl<T: Real> Reducer<T> {
     }
 }
 
-/// Buffers of one worker thread, reused across its tiles.
+/// Buffers of one worker thread, reused across its tiles. The per-row quantities of the
+/// trajectory (states, backward noises, adjoints: `d` numbers per row) are held in f64
+/// whatever `T`: they cost `O(N·B·d)` operations against the networks' `O(N·B·H²)`, and
+/// in `T = f32` they would lose what the differences `x_i − x_{i+1}` (divided by
+/// `g √Δt`) and the adjoint's cancelling `±u` terms need.
 struct Worker<T> {
     /// Kept drift activations of the forward pass, for nodes `first_cached .. N`.
     cache: Vec<Tape<T>>,
     tape_f: Tape<T>,
     tape_s: Tape<T>,
     scratch: Scratch<T>,
-    /// States `x_0 … x_N` and drift values `f(x_i, t_i)`: `[N + 1, rows, d]` each.
-    states: Vec<T>,
+    /// States `x_0 … x_N`, in f64 and as the networks' input `T`, and the drift values
+    /// `f(x_i, t_i)`: `[N + 1, rows, d]` each.
+    states: Vec<f64>,
+    xs: Vec<T>,
     fvals: Vec<T>,
     s: Vec<T>,
-    u: Vec<T>,
-    u_next: Vec<T>,
+    u: Vec<f64>,
+    u_next: Vec<f64>,
+    /// The drift's cotangent before it is rounded to `cot_f`.
+    cf: Vec<f64>,
     cot_f: Vec<T>,
     cot_s: Vec<T>,
-    a: Vec<T>,
-    a_next: Vec<T>,
+    a: Vec<f64>,
+    a_next: Vec<f64>,
     dx: Vec<T>,
+    /// One node's parameter gradients and first-layer bias cotangent, in `T`, before they
+    /// are added to the tile's f64 sums.
+    node_f: Vec<Vec<T>>,
+    node_s: Vec<Vec<T>>,
+    dh: Vec<T>,
 }
 
 impl<T: Real> Worker<T> {
@@ -174,15 +195,20 @@ impl<T: Real> Worker<T> {
             tape_s: Tape::default(),
             scratch: Scratch::default(),
             states: Vec::new(),
+            xs: Vec::new(),
             fvals: Vec::new(),
             s: Vec::new(),
             u: Vec::new(),
             u_next: Vec::new(),
+            cf: Vec::new(),
             cot_f: Vec::new(),
             cot_s: Vec::new(),
             a: Vec::new(),
             a_next: Vec::new(),
             dx: Vec::new(),
+            node_f: Vec::new(),
+            node_s: Vec::new(),
+            dh: Vec::new(),
         }
     }
 }
@@ -203,45 +229,44 @@ struct Shared<'a, T> {
     first_cached: usize,
 }
 
-fn c<T: Real>(v: f64) -> T {
-    T::from_f64(v)
+/// `v` cleared and refilled with `len` zeros (keeps its allocation).
+fn fit<U: Real>(v: &mut Vec<U>, len: usize) {
+    v.clear();
+    v.resize(len, U::zero());
 }
 
 /// Adjoint sweep of one tile of rows `lo..hi` (see [`super::adjoint_chunk`]; the same
-/// operations in the same order, on slices).
-fn run_tile<T: Real>(
-    sh: &Shared<T>,
-    w: &mut Worker<T>,
-    (lo, hi): (usize, usize),
-    part: &mut Part<T>,
-) {
+/// operations in the same order, on slices, with the per-row quantities in f64).
+fn run_tile<T: Real>(sh: &Shared<T>, w: &mut Worker<T>, (lo, hi): (usize, usize), part: &mut Part) {
     let (d, h, n) = (sh.d, sh.h, sh.steps.n());
     let rd = (hi - lo) * d;
-    let fit = |v: &mut Vec<T>, len: usize| {
-        v.clear();
-        v.resize(len, T::zero());
-    };
+    // (Zero after every node: `drain_grads` clears what `backward` writes.)
+    if !sh.fe.fits_grads(&w.node_f) {
+        w.node_f = sh.fe.zero_grads();
+    }
+    if !sh.se.fits_grads(&w.node_s) {
+        w.node_s = sh.se.zero_grads();
+    }
+    fit(&mut w.dh, h);
     fit(&mut w.states, (n + 1) * rd);
+    fit(&mut w.xs, (n + 1) * rd);
     fit(&mut w.fvals, (n + 1) * rd);
-    for v in [
-        &mut w.s,
-        &mut w.u,
-        &mut w.u_next,
-        &mut w.cot_f,
-        &mut w.cot_s,
-        &mut w.a,
-        &mut w.a_next,
-        &mut w.dx,
-    ] {
+    for v in [&mut w.s, &mut w.cot_f, &mut w.cot_s, &mut w.dx] {
+        fit(v, rd);
+    }
+    for v in [&mut w.u, &mut w.u_next, &mut w.cf, &mut w.a, &mut w.a_next] {
         fit(v, rd);
     }
     let noise = |i: usize| &sh.noise[(i * sh.b + lo) * d..(i * sh.b + hi) * d];
-    w.states[..rd].copy_from_slice(&sh.x0[lo * d..hi * d]);
+    let x0 = &sh.x0[lo * d..hi * d];
+    w.xs[..rd].copy_from_slice(x0);
+    for (o, v) in w.states.iter_mut().zip(x0) {
+        *o = v.to_f64();
+    }
     // Forward pass (11), keeping the drift activations of the last nodes.
     for i in 0..n {
         let (dt, g) = (sh.steps.dt(i), sh.steps.g[i]);
-        let (done, rest) = w.states.split_at_mut((i + 1) * rd);
-        let x = &done[i * rd..];
+        let xt = &w.xs[i * rd..(i + 1) * rd];
         let f = &mut w.fvals[i * rd..(i + 1) * rd];
         let cached = i >= sh.first_cached;
         let tape = if cached {
@@ -249,16 +274,22 @@ fn run_tile<T: Real>(
         } else {
             &mut w.tape_f
         };
-        sh.fe.forward(&sh.tf_f[i], x, f, tape, cached);
-        let (dt_t, sd) = (c::<T>(dt), c::<T>(g * dt.sqrt()));
-        for (((o, xv), fv), e) in rest[..rd].iter_mut().zip(x).zip(f.iter()).zip(noise(i)) {
-            *o = (*xv + *fv * dt_t) + *e * sd;
+        sh.fe.forward(&sh.tf_f[i], xt, f, tape, cached);
+        let sd = g * dt.sqrt();
+        let (done, rest) = w.states.split_at_mut((i + 1) * rd);
+        let x = &done[i * rd..];
+        let next = &mut rest[..rd];
+        for (((o, xv), fv), e) in next.iter_mut().zip(x).zip(f.iter()).zip(noise(i)) {
+            *o = (*xv + fv.to_f64() * dt) + e.to_f64() * sd;
+        }
+        for (o, v) in w.xs[(i + 1) * rd..(i + 2) * rd].iter_mut().zip(next.iter()) {
+            *o = T::from_f64(*v);
         }
     }
     let xn = &w.states[n * rd..];
     let mut prior = 0.0;
     for row in xn.chunks_exact(d) {
-        let sq: f64 = row.iter().map(|v| v.to_f64() * v.to_f64()).sum();
+        let sq: f64 = row.iter().map(|v| v * v).sum();
         prior += 0.5 * sq + d as f64 * HALF_LN_2PI;
     }
     part.prior += sh.weight * prior;
@@ -266,78 +297,84 @@ fn run_tile<T: Real>(
     let mut path = 0.0;
     for j in (0..=n).rev() {
         let x = &w.states[j * rd..(j + 1) * rd];
+        let xt = &w.xs[j * rd..(j + 1) * rd];
         let cached = j < n && j >= sh.first_cached;
         if !cached {
             let f = &mut w.fvals[j * rd..(j + 1) * rd];
-            sh.fe.forward(&sh.tf_f[j], x, f, &mut w.tape_f, true);
+            sh.fe.forward(&sh.tf_f[j], xt, f, &mut w.tape_f, true);
         }
         let f = &w.fvals[j * rd..(j + 1) * rd];
         if j >= 1 {
-            sh.se.forward(&sh.tf_s[j], x, &mut w.s, &mut w.tape_s, true);
+            sh.se
+                .forward(&sh.tf_s[j], xt, &mut w.s, &mut w.tape_s, true);
             let (dt, g) = (sh.steps.dt(j - 1), sh.steps.g[j]);
-            let (g2, dt_t) = (c::<T>(g * g), c::<T>(dt));
-            let inv = c::<T>(1.0 / (g * dt.sqrt()));
-            let scale = c::<T>(sh.weight / (g * dt.sqrt()));
-            let cs = c::<T>(-g * g * dt);
+            let g2 = g * g;
+            let inv = 1.0 / (g * dt.sqrt());
+            let scale = sh.weight / (g * dt.sqrt());
+            let cs = -g * g * dt;
             let prev = &w.states[(j - 1) * rd..j * rd];
             let eps = noise(j - 1);
             let mut half = 0.0;
             for k in 0..rd {
-                let drift = f[k] - w.s[k] * g2;
-                let db = ((prev[k] - x[k]) + drift * dt_t) * inv;
+                let drift = f[k].to_f64() - w.s[k].to_f64() * g2;
+                let db = ((prev[k] - x[k]) + drift * dt) * inv;
                 let e = eps[k].to_f64();
-                half += 0.5 * (db.to_f64() * db.to_f64() - e * e);
+                half += 0.5 * (db * db - e * e);
                 let u = db * scale;
                 w.u[k] = u;
-                w.cot_f[k] = u * dt_t;
-                w.cot_s[k] = u * cs;
+                w.cf[k] = u * dt;
+                w.cot_s[k] = T::from_f64(u * cs);
                 w.a[k] = -u;
             }
             path += half;
         } else {
-            w.cot_f.fill(T::zero());
-            w.a.fill(T::zero());
+            w.cf.fill(0.0);
+            w.a.fill(0.0);
         }
         if j == n {
-            let wt = c::<T>(sh.weight);
             for (a, xv) in w.a.iter_mut().zip(x) {
-                *a += *xv * wt;
+                *a += *xv * sh.weight;
             }
         } else {
-            let dt_t = c::<T>(sh.steps.dt(j));
+            let dt = sh.steps.dt(j);
             for k in 0..rd {
                 let a1 = w.a_next[k];
-                w.cot_f[k] += a1 * dt_t;
+                w.cf[k] += a1 * dt;
                 w.a[k] += a1 + w.u_next[k];
             }
+        }
+        for (o, v) in w.cot_f.iter_mut().zip(&w.cf) {
+            *o = T::from_f64(*v);
         }
         let ftape = if cached {
             &w.cache[j - sh.first_cached]
         } else {
             &w.tape_f
         };
-        let dh = &mut part.dh_drift[j * h..(j + 1) * h];
         sh.fe.backward(
             ftape,
             &w.cot_f,
             &mut w.dx,
-            Some((&mut part.drift, dh)),
+            Some((&mut w.node_f, &mut w.dh)),
             &mut w.scratch,
         );
+        sh.fe.drain_grads(&mut part.drift, &mut w.node_f);
+        drain_into(&mut part.dh_drift[j * h..(j + 1) * h], &mut w.dh);
         for (a, v) in w.a.iter_mut().zip(&w.dx) {
-            *a += *v;
+            *a += v.to_f64();
         }
         if j >= 1 {
-            let dh = &mut part.dh_score[j * h..(j + 1) * h];
             sh.se.backward(
                 &w.tape_s,
                 &w.cot_s,
                 &mut w.dx,
-                Some((&mut part.score, dh)),
+                Some((&mut w.node_s, &mut w.dh)),
                 &mut w.scratch,
             );
+            sh.se.drain_grads(&mut part.score, &mut w.node_s);
+            drain_into(&mut part.dh_score[j * h..(j + 1) * h], &mut w.dh);
             for (a, v) in w.a.iter_mut().zip(&w.dx) {
-                *a += *v;
+                *a += v.to_f64();
             }
         }
         std::mem::swap(&mut w.a, &mut w.a_next);
@@ -476,19 +513,15 @@ fn gradient_with<T: Real>(
         first_cached: n - cached,
     };
     let counter = AtomicUsize::new(0);
-    let lens = |e: &MlpEngine<T>| e.zero_grads().iter().map(Vec::len).collect::<Vec<_>>();
-    let (lens_f, lens_s) = (lens(&fe), lens(&se));
-    let fits = |p: &Part<T>| {
-        p.dh_drift.len() == (n + 1) * h
-            && p.drift.iter().map(Vec::len).eq(lens_f.iter().copied())
-            && p.score.iter().map(Vec::len).eq(lens_s.iter().copied())
+    let fits = |p: &Part| {
+        p.dh_drift.len() == (n + 1) * h && fe.fits_grads(&p.drift) && se.fits_grads(&p.score)
     };
     let reducer = Mutex::new(Reducer {
         next: 0,
         pending: (0..tiles.len()).map(|_| None).collect(),
         total: None,
         spare: (0..threads.min(tiles.len()))
-            .filter_map(|_| pool_take::<Part<T>>(fits))
+            .filter_map(|_| pool_take::<Part>(fits))
             .collect(),
     });
     let work = || {

@@ -7,6 +7,8 @@
 //! checked arithmetic and the payload is read with a limit of that size plus one byte, so
 //! memory grows only with bytes actually present; a payload shorter or longer than claimed
 //! is an error.
+//!
+//! Image sets built on these files (shapes, labels, MNIST folders): [`super::images`].
 
 use crate::{Error, Result};
 use std::io::Read;
@@ -128,55 +130,6 @@ fn read_exact(reader: &mut impl Read, buf: &mut [u8], name: &str, what: &str) ->
     })
 }
 
-/// Labelled images, MNIST style. Shapes: `images` [n, rows, cols], `labels` [n].
-#[derive(Clone, Debug)]
-pub struct LabeledImages {
-    /// Pixels 0..=255, [n, rows, cols] row-major.
-    pub images: Vec<u8>,
-    /// Class of each image.
-    pub labels: Vec<u8>,
-    /// Number of images.
-    pub n: usize,
-    /// Image height.
-    pub rows: usize,
-    /// Image width.
-    pub cols: usize,
-}
-
-/// Reads an images file ([n, rows, cols]) and its labels file ([n], values < `classes`).
-pub fn read_labeled_images(images: &Path, labels: &Path, classes: u8) -> Result<LabeledImages> {
-    let im = read_idx(images)?;
-    let lb = read_idx(labels)?;
-    let [n, rows, cols] = im.dims[..] else {
-        return Err(Error::data(format!(
-            "{}: images need 3 dimensions [n, rows, cols], got {:?}",
-            images.display(),
-            im.dims
-        )));
-    };
-    if lb.dims != [n] {
-        return Err(Error::data(format!(
-            "{}: labels have dims {:?}, the images need [{n}]",
-            labels.display(),
-            lb.dims
-        )));
-    }
-    if let Some(i) = lb.data.iter().position(|&l| l >= classes) {
-        return Err(Error::data(format!(
-            "{}: label {} at index {i} is not below {classes}",
-            labels.display(),
-            lb.data[i]
-        )));
-    }
-    Ok(LabeledImages {
-        images: im.data,
-        labels: lb.data,
-        n,
-        rows,
-        cols,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -209,19 +162,6 @@ mod tests {
             std::fs::write(&p, bytes).unwrap();
             assert_eq!(read_idx(&p).unwrap(), idx);
         }
-        // Labels and images together.
-        let mut labels = vec![0, 0, 0x08, 1];
-        labels.extend(2u32.to_be_bytes());
-        labels.extend([7u8, 1]);
-        let (pi, pl) = (dir.path().join("i.gz"), dir.path().join("l"));
-        std::fs::write(&pi, gz(&tiny())).unwrap();
-        std::fs::write(&pl, &labels).unwrap();
-        let li = read_labeled_images(&pi, &pl, 10).unwrap();
-        assert_eq!((li.n, li.rows, li.cols, li.labels), (2, 3, 2, vec![7, 1]));
-        let err = read_labeled_images(&pi, &pl, 5).unwrap_err().to_string();
-        assert!(err.contains("label 7 at index 0"), "{err}");
-        let err = read_labeled_images(&pl, &pl, 10).unwrap_err().to_string();
-        assert!(err.contains("images need 3 dimensions"), "{err}");
     }
 
     #[test]
@@ -276,41 +216,5 @@ mod tests {
         assert!(read_idx(&p).is_err());
         std::fs::write(&p, []).unwrap();
         assert!(read_idx(&p).unwrap_err().to_string().contains("file ends"));
-    }
-
-    /// The real MNIST files (not part of the repository): `DIFFFLOW_MNIST=/path/to/mnist
-    /// cargo test -p diffflow --lib idx -- --ignored --nocapture`.
-    #[test]
-    #[ignore]
-    fn real_mnist() {
-        let dir = std::path::PathBuf::from(
-            std::env::var("DIFFFLOW_MNIST").expect("set DIFFFLOW_MNIST to the MNIST folder"),
-        );
-        for (split, n) in [("train", 60_000), ("t10k", 10_000)] {
-            let li = read_labeled_images(
-                &dir.join(format!("{split}-images-idx3-ubyte.gz")),
-                &dir.join(format!("{split}-labels-idx1-ubyte.gz")),
-                10,
-            )
-            .unwrap();
-            assert_eq!((li.n, li.rows, li.cols), (n, 28, 28));
-            let mean =
-                li.images.iter().map(|&p| f64::from(p)).sum::<f64>() / li.images.len() as f64;
-            let mut counts = [0usize; 10];
-            li.labels.iter().for_each(|&l| counts[l as usize] += 1);
-            println!(
-                "{split}: {} images {}x{}, mean pixel {:.4} (/255: {:.5}), label counts {counts:?}",
-                li.n,
-                li.rows,
-                li.cols,
-                mean,
-                mean / 255.0
-            );
-            if split == "train" {
-                // The well-known normalisation constant of MNIST's training set.
-                assert!((mean / 255.0 - 0.1307).abs() < 5e-5, "{}", mean / 255.0);
-                assert_eq!(counts[1], 6742);
-            }
-        }
     }
 }

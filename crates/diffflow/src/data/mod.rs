@@ -5,6 +5,10 @@
 //! - [`image2d`]: densities from the DiffFlow images (tree, Sierpinski carpets), embedded
 //!   in the library;
 //! - [`idx`]: MNIST's IDX files (gzipped or not), with hostile-header checks;
+//! - [`images`]: image sets (`u8` pixels, levels, shape, labels) from IDX files, MNIST-style
+//!   folders and the built-in 8x8 digits ([`ImageSet`], [`ImageDataset`]);
+//! - [`pixels`]: pixels to `[-1, 1]` with uniform dequantisation as a fixed standardiser, a
+//!   run's image splits ([`pixels::prepare`]) and bits per dimension;
 //! - [`standardize`]: per-column `(x - mean) / std` with its log-Jacobian ([`Standardizer`]);
 //! - [`tabular`]: CSV/TSV/text and NumPy `.npy` files, optionally gzipped ([`tabular::load`]);
 //! - [`preprocess`]: drop constant columns, dequantise integer columns, seeded splits;
@@ -18,6 +22,8 @@
 
 pub mod idx;
 pub mod image2d;
+pub mod images;
+pub mod pixels;
 pub mod preprocess;
 pub mod source;
 pub mod standardize;
@@ -25,6 +31,7 @@ pub mod tabular;
 pub mod toy;
 pub mod train_data;
 
+pub use images::{ImageDataset, ImageSet, ImageShape};
 pub use standardize::Standardizer;
 pub use tabular::{LoadOptions, Table};
 pub use toy::{toy_2d, toy_components, TOY_DATASETS};

@@ -37,6 +37,24 @@ pub(crate) fn matmul<T: Real>(
     n: usize,
     k: usize,
     a: &[T],
+    a_strides: (usize, usize),
+    b: &[T],
+    b_strides: (usize, usize),
+    accumulate: bool,
+) {
+    matmul_strided(dst, (n, 1), m, n, k, a, a_strides, b, b_strides, accumulate)
+}
+
+/// [`matmul`] with `dst` also given by its row and column strides (e.g. a block of columns
+/// of a wider matrix).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn matmul_strided<T: Real>(
+    dst: &mut [T],
+    (d_rs, d_cs): (usize, usize),
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[T],
     (a_rs, a_cs): (usize, usize),
     b: &[T],
     (b_rs, b_cs): (usize, usize),
@@ -46,14 +64,18 @@ pub(crate) fn matmul<T: Real>(
         return;
     }
     count(m, n, k);
-    assert!(dst.len() >= m * n, "matmul: destination too small");
+    let last = |rs: usize, cs: usize, r: usize, c: usize| (r - 1) * rs + (c - 1) * cs;
+    assert!(dst.len() > last(d_rs, d_cs, m, n), "matmul: destination too small");
     if k == 0 {
         if !accumulate {
-            dst[..m * n].fill(T::zero());
+            for i in 0..m {
+                for j in 0..n {
+                    dst[i * d_rs + j * d_cs] = T::zero();
+                }
+            }
         }
         return;
     }
-    let last = |rs: usize, cs: usize, r: usize, c: usize| (r - 1) * rs + (c - 1) * cs;
     assert!(a.len() > last(a_rs, a_cs, m, k), "matmul: lhs too small");
     assert!(b.len() > last(b_rs, b_cs, k, n), "matmul: rhs too small");
     // SAFETY: the asserts above keep every access inside the three slices.
@@ -63,8 +85,8 @@ pub(crate) fn matmul<T: Real>(
             n,
             k,
             dst.as_mut_ptr(),
-            1,
-            n as isize,
+            d_cs as isize,
+            d_rs as isize,
             accumulate,
             a.as_ptr(),
             a_cs as isize,
@@ -193,17 +215,50 @@ fn thin_dots<T: Real>(out: &mut [T], h: &[T], w: &[T], bias: Option<&[T]>, n: us
     }
 }
 
+/// `acc += v` (in f64), then `v = 0`. Vectorised for the best instruction set (the same bits
+/// on each: the conversion is exact and each sum rounded once).
+pub fn drain_into<T: Real>(acc: &mut [f64], v: &mut [T]) {
+    #[inline(always)]
+    fn body<T: Real>(acc: &mut [f64], v: &mut [T]) {
+        for (a, x) in acc.iter_mut().zip(v.iter_mut()) {
+            *a += x.to_f64();
+            *x = T::zero();
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
+    unsafe fn body_avx512<T: Real>(acc: &mut [f64], v: &mut [T]) {
+        body(acc, v)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn body_avx2<T: Real>(acc: &mut [f64], v: &mut [T]) {
+        body(acc, v)
+    }
+    match isa() {
+        // SAFETY: `isa()` found the features these functions are compiled for.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { body_avx512(acc, v) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { body_avx2(acc, v) },
+        _ => body(acc, v),
+    }
+}
+
 /// Everything of one time `t` that does not depend on the rows: the first layer's combined
-/// bias `b_in + h_t(t)` and what the time path's backward needs.
+/// bias `b_in + h_t(t)` and what the time path's backward needs. The time path is computed
+/// in f64 whatever `T` (it costs `O(H·K)` per time, against `O(B·H²)` for the rows): with
+/// frequencies up to 100, `c·t + p` rounded to f32 would shift every feature by up to an
+/// ulp of the argument, and the phase gradient sums these features over all nodes.
 #[derive(Clone, Debug)]
 pub struct TimeFeatures<T> {
-    /// `b_in + h_t` `[H]`.
+    /// `b_in + h_t` `[H]`, rounded once to `T`.
     bias0: Vec<T>,
     /// `[sin a, cos a]` with `a = c·t + p` `[2K]`.
-    feat: Vec<T>,
+    feat: Vec<f64>,
     /// `act(W_t0 e + b_t0)` `[H]` and its derivative.
-    u: Vec<T>,
-    du: Vec<T>,
+    u: Vec<f64>,
+    du: Vec<f64>,
 }
 
 /// The activations of one kept evaluation (`rows` rows), for [`MlpEngine::backward`]. Buffers
@@ -293,16 +348,20 @@ pub struct MlpEngine<T> {
     width: usize,
     depth: usize,
     shapes: Vec<Vec<usize>>,
-    /// Weights in [`Mlp::vars`] order, then the Fourier coefficients.
+    /// Weights in [`Mlp::vars`] order.
     w: Vec<Vec<T>>,
-    coeff: Vec<T>,
+    /// The weights of the time path and of the input layer (`vars[..=T2_B]`) in f64, and
+    /// the Fourier coefficients.
+    time_w: Vec<Vec<f64>>,
+    coeff: Vec<f64>,
     /// The input weight transposed: `[d, H]`.
     w_in_t: Vec<T>,
     /// The hidden weights transposed (`[H_in, H_out]`): the forward GEMM then reads them with
     /// unit stride, and the `gemm` crate does not repack them for every call.
     w_hidden_t: Vec<Vec<T>>,
-    // State of the tensor-level face.
-    grads: Vec<Vec<T>>,
+    // State of the tensor-level face: gradients summed in f64, one pullback's in `T`.
+    grads: Vec<Vec<f64>>,
+    node: Vec<Vec<T>>,
     tape: Tape<T>,
     kept_time: TimeFeatures<T>,
     work: Tape<T>,
@@ -334,7 +393,12 @@ impl<T: Real> MlpEngine<T> {
             .map(|(_, v)| to_vec::<T>(v.as_tensor()))
             .collect::<Result<Vec<_>>>()?;
         let shapes = mlp.vars().iter().map(|(_, v)| v.dims().to_vec()).collect();
-        let grads = w.iter().map(|v| vec![T::zero(); v.len()]).collect();
+        let time_w = mlp.vars()[..=idx::T2_B]
+            .iter()
+            .map(|(_, v)| to_vec::<f64>(v.as_tensor()))
+            .collect::<Result<Vec<_>>>()?;
+        let grads = w.iter().map(|v| vec![0.0; v.len()]).collect();
+        let node = w.iter().map(|v| vec![T::zero(); v.len()]).collect();
         let (d, h) = (mlp.dim(), cfg.width);
         let mut w_in_t = vec![T::zero(); d * h];
         for j in 0..h {
@@ -361,10 +425,12 @@ impl<T: Real> MlpEngine<T> {
             width: h,
             depth: cfg.depth,
             shapes,
-            coeff: to_vec::<T>(mlp.buffers()[0].1.as_tensor())?,
+            coeff: to_vec::<f64>(mlp.buffers()[0].1.as_tensor())?,
             w,
+            time_w,
             w_in_t,
             grads,
+            node,
             tape: Tape::default(),
             kept_time: TimeFeatures::default(),
             work: Tape::default(),
@@ -382,46 +448,63 @@ impl<T: Real> MlpEngine<T> {
         Tape::<T>::bytes(rows, self.dim, self.width, self.depth)
     }
 
-    /// Zeroed parameter gradients in [`Mlp::vars`] order (flat).
-    pub fn zero_grads(&self) -> Vec<Vec<T>> {
-        self.w.iter().map(|v| vec![T::zero(); v.len()]).collect()
+    /// Zeroed parameter gradients in [`Mlp::vars`] order (flat), of element type `U`.
+    pub fn zero_grads<U: Real>(&self) -> Vec<Vec<U>> {
+        self.w.iter().map(|v| vec![U::zero(); v.len()]).collect()
     }
 
-    /// Gradients (flat, [`Mlp::vars`] order) as tensors of the parameters' shapes.
-    pub fn grads_to_tensors(&self, grads: Vec<Vec<T>>) -> Result<Vec<Tensor>> {
+    /// Whether `g` has the shapes of [`MlpEngine::zero_grads`].
+    pub fn fits_grads<U>(&self, g: &[Vec<U>]) -> bool {
+        g.iter().map(Vec::len).eq(self.w.iter().map(Vec::len))
+    }
+
+    /// Adds the gradients that [`MlpEngine::backward`] summed into `node` (those of the
+    /// input, hidden and output layers) to `acc` and zeroes them in `node`. Summing each
+    /// node's gradient in `T` and the nodes in f64 keeps the cancellations between the
+    /// nodes (the gradient is much smaller than its terms) out of `T`'s rounding.
+    pub fn drain_grads(&self, acc: &mut [Vec<f64>], node: &mut [Vec<T>]) {
+        let layers = std::iter::once(idx::IN_W).chain(idx::hidden_w(0)..idx::out_w(self.depth) + 2);
+        for i in layers {
+            drain_into(&mut acc[i], &mut node[i]);
+        }
+    }
+
+    /// Gradients summed in f64 (flat, [`Mlp::vars`] order) as tensors of `T` of the
+    /// parameters' shapes.
+    pub fn grads_to_tensors(&self, grads: Vec<Vec<f64>>) -> Result<Vec<Tensor>> {
         grads
             .into_iter()
             .zip(&self.shapes)
-            .map(|(g, shape)| Ok(Tensor::from_vec(g, shape.as_slice(), &Device::Cpu)?))
+            .map(|(g, shape)| {
+                Ok(Tensor::from_vec(g, shape.as_slice(), &Device::Cpu)?.to_dtype(T::DTYPE)?)
+            })
             .collect()
     }
 
     /// The time features `e(t)`, `act(W_t0 e + b_t0)` and the first layer's bias
-    /// `b_in + W_t2 act(…) + b_t2`.
+    /// `b_in + W_t2 act(…) + b_t2`, computed in f64.
     pub fn time_features(&self, t: f64) -> TimeFeatures<T> {
         let (h, k) = (self.width, self.coeff.len());
-        let t = T::from_f64(t);
-        let phase = &self.w[idx::PHASE];
-        let mut feat = vec![T::zero(); 2 * k];
-        for (i, (c, p)) in self.coeff.iter().zip(phase).enumerate() {
-            let (s, co) = (*c * t + *p).sin_cos();
+        let tw = &self.time_w;
+        let mut feat = vec![0.0; 2 * k];
+        for (i, (c, p)) in self.coeff.iter().zip(&tw[idx::PHASE]).enumerate() {
+            let (s, co) = (c * t + p).sin_cos();
             feat[i] = s;
             feat[k + i] = co;
         }
         // v = W_t0 e (bias added with the activation)
-        let mut u = vec![T::zero(); h];
-        matvec(&mut u, &self.w[idx::T0_W], &feat, h, 2 * k);
-        let mut du = vec![T::zero(); h];
-        T::bias_act(self.act, &mut u, &self.w[idx::T0_B], Some(&mut du));
-        let mut bias0 = vec![T::zero(); h];
-        matvec(&mut bias0, &self.w[idx::T2_W], &u, h, h);
-        for ((o, b2), bi) in bias0
-            .iter_mut()
-            .zip(&self.w[idx::T2_B])
-            .zip(&self.w[idx::IN_B])
-        {
-            *o = *bi + (*o + *b2);
-        }
+        let mut u = vec![0.0; h];
+        matvec(&mut u, &tw[idx::T0_W], &feat, h, 2 * k);
+        let mut du = vec![0.0; h];
+        f64::bias_act(self.act, &mut u, &tw[idx::T0_B], Some(&mut du));
+        let mut ht = vec![0.0; h];
+        matvec(&mut ht, &tw[idx::T2_W], &u, h, h);
+        let bias0 = ht
+            .iter()
+            .zip(&tw[idx::T2_B])
+            .zip(&tw[idx::IN_B])
+            .map(|((o, b2), bi)| T::from_f64(bi + (o + b2)))
+            .collect();
         TimeFeatures { bias0, feat, u, du }
     }
 
@@ -696,8 +779,8 @@ impl<T: Real> MlpEngine<T> {
     }
 
     /// Backward through the first layer's bias `b_in + h_t(t)` given its cotangent `dh0` `[H]`:
-    /// adds to the gradients of `b_in`, the time MLP and the phases.
-    pub fn time_backward(&self, tf: &TimeFeatures<T>, dh0: &[T], grads: &mut [Vec<T>]) {
+    /// adds to the gradients of `b_in`, the time MLP and the phases (all in f64).
+    pub fn time_backward(&self, tf: &TimeFeatures<T>, dh0: &[f64], grads: &mut [Vec<f64>]) {
         let (h, k) = (self.width, self.coeff.len());
         add_assign(&mut grads[idx::IN_B], dh0);
         // W_t2, b_t2
@@ -709,9 +792,9 @@ impl<T: Real> MlpEngine<T> {
         }
         add_assign(&mut grads[idx::T2_B], dh0);
         // dv = (W_t2ᵀ dh_t) ⊙ act'(v)
-        let mut dv = vec![T::zero(); h];
+        let mut dv = vec![0.0; h];
         for (i, gi) in dh0.iter().enumerate() {
-            let row = &self.w[idx::T2_W][i * h..(i + 1) * h];
+            let row = &self.time_w[idx::T2_W][i * h..(i + 1) * h];
             for (o, w) in dv.iter_mut().zip(row) {
                 *o += *w * *gi;
             }
@@ -725,9 +808,9 @@ impl<T: Real> MlpEngine<T> {
         }
         add_assign(&mut grads[idx::T0_B], &dv);
         // de = W_t0ᵀ dv, then through sin and cos to the phase
-        let mut de = vec![T::zero(); 2 * k];
+        let mut de = vec![0.0; 2 * k];
         for (i, gi) in dv.iter().enumerate() {
-            let row = &self.w[idx::T0_W][i * 2 * k..(i + 1) * 2 * k];
+            let row = &self.time_w[idx::T0_W][i * 2 * k..(i + 1) * 2 * k];
             for (o, w) in de.iter_mut().zip(row) {
                 *o += *w * *gi;
             }
@@ -790,20 +873,24 @@ impl<T: Real> Engine for MlpEngine<T> {
         }
         let cot = to_vec::<T>(cot)?;
         let mut dx = vec![T::zero(); rows * d];
-        let mut grads = std::mem::take(&mut self.grads);
+        let mut node = std::mem::take(&mut self.node);
         let mut scratch = std::mem::take(&mut self.scratch);
         let mut dh0 = vec![T::zero(); self.width];
         self.backward(
             &self.tape,
             &cot,
             &mut dx,
-            params.then_some((grads.as_mut_slice(), dh0.as_mut_slice())),
+            params.then_some((node.as_mut_slice(), dh0.as_mut_slice())),
             &mut scratch,
         );
         if params {
+            let mut grads = std::mem::take(&mut self.grads);
+            self.drain_grads(&mut grads, &mut node);
+            let dh0: Vec<f64> = dh0.iter().map(|v| v.to_f64()).collect();
             self.time_backward(&self.kept_time, &dh0, &mut grads);
+            self.grads = grads;
         }
-        self.grads = grads;
+        self.node = node;
         self.scratch = scratch;
         self.output(dx)
     }
@@ -822,17 +909,67 @@ mod tests {
     use crate::rng::Rng;
     use candle_core::DType;
 
-    /// Forward and backward give the same bits on every instruction-set path.
-    #[test]
-    fn all_isa_paths_agree_bitwise() {
-        let cfg = MlpConfig {
+    /// A small net: width 24, 2 hidden layers, 5 frequencies.
+    fn tiny() -> MlpConfig {
+        MlpConfig {
             width: 24,
             depth: 2,
             fourier: 5,
             freq_min: 0.1,
             freq_max: 10.0,
             activation: Activation::Gelu,
-        };
+        }
+    }
+
+    /// `drain_grads` moves every gradient that `backward` wrote into the f64 sums (each sum
+    /// rounded once, the same bits as the scalar `acc + v`) and leaves the node buffers zero.
+    #[test]
+    fn drain_moves_every_gradient_backward_writes() {
+        let cfg = tiny();
+        let mut rng = Rng::new(5);
+        let mlp = Mlp::new(2, &cfg, DType::F32, &mut rng).unwrap();
+        let e = MlpEngine::<f32>::new(&mlp).unwrap();
+        let rows = 13;
+        let x: Vec<f32> = rng.normals(rows * 2).iter().map(|v| *v as f32).collect();
+        let cot: Vec<f32> = rng.normals(rows * 2).iter().map(|v| *v as f32).collect();
+        let tf = e.time_features(0.03);
+        let (mut y, mut dx) = (vec![0.0f32; rows * 2], vec![0.0f32; rows * 2]);
+        let (mut tape, mut scratch) = (Tape::default(), Scratch::default());
+        let mut node = e.zero_grads::<f32>();
+        let mut dh = vec![0.0f32; cfg.width];
+        e.forward(&tf, &x, &mut y, &mut tape, true);
+        e.backward(
+            &tape,
+            &cot,
+            &mut dx,
+            Some((&mut node, &mut dh)),
+            &mut scratch,
+        );
+        let mut acc: Vec<Vec<f64>> = node
+            .iter()
+            .map(|v| (0..v.len()).map(|i| 0.1 * i as f64 + 1.0).collect())
+            .collect();
+        let want: Vec<Vec<f64>> = acc
+            .iter()
+            .zip(&node)
+            .map(|(a, v)| a.iter().zip(v).map(|(a, v)| a + *v as f64).collect())
+            .collect();
+        let written = node.iter().flatten().filter(|v| **v != 0.0).count();
+        // Input weight, hidden layers, output layer: all of them, none of the time path.
+        let (d, h) = (2, cfg.width);
+        assert_eq!(written, d * h + 2 * (h * h + h) + (h * d + d));
+        e.drain_grads(&mut acc, &mut node);
+        assert!(
+            node.iter().flatten().all(|v| *v == 0.0),
+            "left in the node buffers"
+        );
+        assert_eq!(acc, want);
+    }
+
+    /// Forward and backward give the same bits on every instruction-set path.
+    #[test]
+    fn all_isa_paths_agree_bitwise() {
+        let cfg = tiny();
         let mut rng = Rng::new(2);
         let mlp = Mlp::new(3, &cfg, DType::F32, &mut rng).unwrap();
         let e = MlpEngine::<f32>::new(&mlp).unwrap();

@@ -1,24 +1,32 @@
 //! Networks of `(x, t)`: the [`TimeNet`] trait, the Fourier-feature MLP of the paper's 2-D
-//! experiments and the engines that evaluate them.
+//! experiments, the U-Net of its image experiments, and the engines that evaluate them.
 //!
 //! A [`TimeNet`] has two faces. [`TimeNet::forward`] is built from candle operations, so that
 //! candle's autograd can differentiate through it (used by naive backprop and by tests).
 //! [`TimeNet::engine`] returns an [`Engine`]: a snapshot of the weights that evaluates the net
 //! without a graph and pulls cotangents back explicitly (vector-Jacobian products), which is
-//! what the stochastic adjoint needs. The MLP has a fused CPU engine; any other net gets
-//! [`AutogradEngine`], built on `forward`.
+//! what the stochastic adjoint needs. The MLP and the U-Net have fused CPU engines; any other
+//! net gets [`AutogradEngine`], built on `forward`.
+//!
+//! [`lenet`] is not a [`TimeNet`]: it is the MNIST classifier of [`crate::classifier`].
 
 mod act;
 mod flops;
 mod kernel;
+pub mod lenet;
 mod mlp;
+mod unet;
 
 pub use act::{fast, Activation, Real};
 pub use flops::{gemm_gflops, mlp_forward_flops, mlp_pullback_flops};
 #[cfg(test)]
 pub(crate) use kernel::FLOPS;
-pub use kernel::{MlpEngine, Scratch, Tape, TimeFeatures};
+pub use kernel::{drain_into, MlpEngine, Scratch, Tape, TimeFeatures};
 pub use mlp::{Mlp, MlpConfig, ParamKnob};
+pub use unet::{
+    unet_forward_flops, unet_gemms, unet_pullback_flops, UNet, UNetConfig, UNetEngine,
+    UNetGemms, UNetScratch, UNetTape, DEFAULT_TIME_SCALE,
+};
 
 use crate::Result;
 use candle_core::{Tensor, Var};
@@ -51,6 +59,12 @@ pub trait TimeNet: Send + Sync {
     fn as_mlp(&self) -> Option<&Mlp> {
         None
     }
+
+    /// Sets the seed of the dropout masks for the coming evaluations (the trainer sets a fresh
+    /// one per iteration; `None` = evaluation mode, no dropout). Masks are a function of the
+    /// seed, `t`, the layer and the element, so re-evaluating a step reproduces it exactly.
+    /// Engines take the seed when they are created. Nets without dropout ignore it.
+    fn set_dropout_seed(&self, _seed: Option<u64>) {}
 
     /// Number of trainable scalars.
     fn num_params(&self) -> usize {

@@ -12,11 +12,18 @@
 //!   any two sizes ([`w2_squared_1d`]).
 //! - [`hist_kl`]: `KL(P ‖ Q)` of 2-D histograms on a fixed square grid plus one overflow bin
 //!   for points outside it, each bin's count smoothed by a pseudo-count ([`HistGrid`]).
+//! - [`frechet`]: the Fréchet distance between the Gaussians fitted to two feature sets
+//!   ([`frechet_distance`]; the FID with a feature network, see [`crate::classifier`]).
+
+pub mod frechet;
+
+pub use frechet::{frechet_distance, frechet_distance_stats, FeatureStats};
 
 use crate::rng::Rng;
 use crate::{Error, Result};
 
-fn check(x: &[f64], d: usize, what: &str) -> Result<usize> {
+/// Checks `x` [n, d]: non-empty, a whole number of rows, finite values; returns n.
+pub(crate) fn check(x: &[f64], d: usize, what: &str) -> Result<usize> {
     if d == 0 || x.is_empty() || x.len() % d != 0 {
         return Err(Error::data(format!(
             "{what}: need a non-empty [n, {d}] array, got {} values",
