@@ -259,13 +259,35 @@ pub struct Check {
     /// CPU seconds of training so far (checks not counted).
     pub cpu_seconds: f64,
     /// Probability-flow NLL (Dormand–Prince 1e-5, exact divergence).
+    #[serde(with = "nan_as_null")]
     pub nll: f64,
     /// Its standard error over the points (NaN where not measured).
+    #[serde(with = "nan_as_null")]
     pub nll_stderr: f64,
     /// Negative ELBO on the fixed grid of the last training N (NaN: not measured).
+    #[serde(with = "nan_as_null")]
     pub elbo: f64,
     /// Its standard error over the points.
+    #[serde(with = "nan_as_null")]
     pub elbo_stderr: f64,
+}
+
+/// A figure that may be NaN ("not measured") as JSON: `null` both ways (JSON has no NaN, and
+/// serde_json writes NaN as `null` but cannot read it back into an `f64`).
+mod nan_as_null {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &f64, s: S) -> std::result::Result<S::Ok, S::Error> {
+        if v.is_finite() {
+            s.serialize_f64(*v)
+        } else {
+            s.serialize_none()
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
+        Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+    }
 }
 
 /// What a trial did.
@@ -519,6 +541,25 @@ mod tests {
         });
         assert_eq!(width_per_d(1.0, 4), 64);
         assert_eq!(width_per_d(100.0, 61), 1024);
+    }
+
+    #[test]
+    fn a_check_with_unmeasured_figures_reads_back() {
+        // A baseline's check has no ELBO and no per-point s.e. (NaN): a finished trial must
+        // read back from its JSON line, or a resumed study runs it again.
+        let c = Check {
+            iters: 3,
+            cpu_seconds: 1.5,
+            nll: 2.25,
+            nll_stderr: f64::NAN,
+            elbo: f64::NAN,
+            elbo_stderr: f64::INFINITY,
+        };
+        let text = serde_json::to_string(&c).unwrap();
+        assert!(text.contains("\"elbo\":null"), "{text}");
+        let back: Check = serde_json::from_str(&text).unwrap();
+        assert_eq!((back.iters, back.cpu_seconds, back.nll), (3, 1.5, 2.25));
+        assert!(back.nll_stderr.is_nan() && back.elbo.is_nan() && back.elbo_stderr.is_nan());
     }
 
     #[test]
