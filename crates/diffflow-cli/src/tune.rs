@@ -459,10 +459,10 @@ fn run_one(
     let (cfg, budget) = trial_setup(plan, t, &data, threads)?;
     let kind = cfg.model.kind;
     eprintln!(
-        "{label}: {} iterations, batch {}, N {}, width {}, depth {}",
+        "{label}: {}, batch {}, N {}, width {}, depth {}",
         match (kind, budget) {
-            (ModelKind::DiffFlow, _) | (_, None) => cfg.train.iters.to_string(),
-            (_, Some(b)) => b.to_string(),
+            (ModelKind::DiffFlow, _) | (_, None) => format!("{} iterations", cfg.train.iters),
+            (_, Some(b)) => format!("budget {b}"),
         },
         cfg.train.batch,
         cfg.train.steps,

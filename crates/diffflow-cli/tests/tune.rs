@@ -172,6 +172,8 @@ fn bench_tabular_runs_a_small_scikit_learn_set() {
             "2",
             "--threads",
             "1",
+            "--cnf",
+            "lr=5e-3 steps=2",
             "--out",
         ])
         .arg(&out)
@@ -188,4 +190,20 @@ fn bench_tabular_runs_a_small_scikit_learn_set() {
     ] {
         assert!(table.contains(want), "'{want}' in:\n{table}");
     }
+    // The CNF's own settings are the ones given, and the table says so.
+    assert!(table.contains("CNF overrides `lr=5e-3 steps=2`"), "{table}");
+    let bad = bin()
+        .args([
+            "bench-tabular",
+            "--sets",
+            "wine",
+            "--cnf",
+            "rate=1",
+            "--out",
+        ])
+        .arg(tmp.path().join("bad"))
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown key 'rate'"));
 }
