@@ -86,7 +86,8 @@ impl Observer for TrainProgress {
         };
         self.smoothed = Some(sm);
         self.bar.set_position(s.step as u64);
-        self.bar.set_message(format!("loss {sm:.4}{}", steps_label(s.n)));
+        self.bar
+            .set_message(format!("loss {sm:.4}{}", steps_label(s.n)));
     }
 
     fn restart(&mut self, r: &Restart) {

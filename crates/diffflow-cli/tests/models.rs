@@ -51,7 +51,12 @@ fn every_model_kind_trains_samples_and_evaluates_through_the_cli() {
         let dir = root.path().join(model);
         let out = ok(train(model, &dir, &[]));
         let stderr = String::from_utf8_lossy(&out.stderr);
-        for f in ["config.toml", "model.safetensors", "metrics.jsonl", "samples.png"] {
+        for f in [
+            "config.toml",
+            "model.safetensors",
+            "metrics.jsonl",
+            "samples.png",
+        ] {
             assert!(dir.join(f).exists(), "{model}: {f} missing; {stderr}");
         }
         let cfg = std::fs::read_to_string(dir.join("config.toml")).unwrap();
@@ -63,7 +68,11 @@ fn every_model_kind_trains_samples_and_evaluates_through_the_cli() {
         let last: serde_json::Value =
             serde_json::from_str(metrics.lines().last().unwrap()).unwrap();
         assert!(last["test_nll"].as_f64().unwrap().is_finite(), "{last}");
-        assert_eq!(last["test_elbo"].is_null(), model == "cnf", "{model}: {last}");
+        assert_eq!(
+            last["test_elbo"].is_null(),
+            model == "cnf",
+            "{model}: {last}"
+        );
         let samples = dir.join("x.csv");
         ok(bin()
             .args(["sample", "--run"])
@@ -72,7 +81,10 @@ fn every_model_kind_trains_samples_and_evaluates_through_the_cli() {
             .arg(&samples)
             .output()
             .unwrap());
-        assert_eq!(std::fs::read_to_string(&samples).unwrap().lines().count(), 51);
+        assert_eq!(
+            std::fs::read_to_string(&samples).unwrap().lines().count(),
+            51
+        );
         let out = ok(bin()
             .args(["eval", "--run"])
             .arg(&dir)
@@ -97,7 +109,10 @@ fn every_model_kind_trains_samples_and_evaluates_through_the_cli() {
             .unwrap()
     };
     refused(sample(&["--lambda", "1"]), "CNF is deterministic");
-    refused(sample(&["--lambda", "0", "--tweedie"]), "CNF is deterministic");
+    refused(
+        sample(&["--lambda", "0", "--tweedie"]),
+        "CNF is deterministic",
+    );
     ok(sample(&["--solver", "dopri5"]));
     // A DDPM whose interval ends far from its prior is refused, naming T.
     let ddpm = root.path().join("ddpm-short");
@@ -106,5 +121,8 @@ fn every_model_kind_trains_samples_and_evaluates_through_the_cli() {
         "model.grid.t_max = T = 0.05",
     );
     assert!(!ddpm.join("model.safetensors").exists());
-    refused(train("gan", &root.path().join("gan"), &[]), "unknown model 'gan'");
+    refused(
+        train("gan", &root.path().join("gan"), &[]),
+        "unknown model 'gan'",
+    );
 }

@@ -6,9 +6,9 @@
 
 use candle_core::{DType, Device};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use diffflow::classifier::lenet::{train_epoch, EpochOptions, LeNet, INPUT};
 use diffflow::classifier::Classifier;
 use diffflow::data::{ImageSet, ImageShape};
-use diffflow::nn::lenet::{train_epoch, EpochOptions, LeNet, INPUT};
 use diffflow::optim::{Adam, AdamConfig};
 use diffflow::rng::Rng;
 

@@ -16,8 +16,8 @@ use candle_core::{DType, Device, Tensor};
 use diffflow::adjoint::engine_adjoint_gradient;
 use diffflow::flow::{DiffFlow, Steps};
 use diffflow::nn::{
-    gemm_gflops, unet_forward_flops, unet_gemms, unet_pullback_flops, TimeNet, UNet,
-    UNetConfig, UNetEngine, UNetScratch, UNetTape,
+    gemm_gflops, unet_forward_flops, unet_gemms, unet_pullback_flops, TimeNet, UNet, UNetConfig,
+    UNetEngine, UNetScratch, UNetTape,
 };
 use diffflow::rng::Rng;
 use diffflow::sde::{fixed_grid, Diffusion, GridSpec};
@@ -108,7 +108,11 @@ fn random_net(cfg: &UNetConfig, rng: &mut Rng) -> UNet {
     for (_, v) in net.vars() {
         let fan_in: usize = v.dims()[1..].iter().product::<usize>().max(1);
         let z: Vec<f64> = rng.normals(v.elem_count());
-        let s = if v.dims().len() > 1 { 1.0 / (fan_in as f64).sqrt() } else { 0.1 };
+        let s = if v.dims().len() > 1 {
+            1.0 / (fan_in as f64).sqrt()
+        } else {
+            0.1
+        };
         let vals: Vec<f32> = z.iter().map(|a| (a * s) as f32).collect();
         v.set(&Tensor::from_vec(vals, v.dims(), &Device::Cpu).unwrap())
             .unwrap();
@@ -145,7 +149,11 @@ fn main() {
         // candle's CPU ops on one thread, like the engine
         std::env::set_var("RAYON_NUM_THREADS", "1");
     }
-    let (batch, reps, n) = (env("UNET_BATCH", 64), env("UNET_REPS", 5), env("UNET_N", 10));
+    let (batch, reps, n) = (
+        env("UNET_BATCH", 64),
+        env("UNET_REPS", 5),
+        env("UNET_N", 10),
+    );
     let parts = std::env::var("UNET_PARTS").unwrap_or_else(|_| "engine,candle,adjoint".into());
     let cfg = UNetConfig {
         ch: env("UNET_CH", UNetConfig::mnist_cpu().ch),
@@ -193,7 +201,9 @@ fn engine(cfg: &UNetConfig, net: &UNet, x: &[f32], cot: &[f32], reps: usize) {
     let mut y = vec![0.0f32; x.len()];
     let mut dx = vec![0.0f32; x.len()];
     let mut grads = e.zero_grads();
-    let f = time(reps, false, || e.forward(0.01, x, &mut y, &mut tape, &mut scratch));
+    let f = time(reps, false, || {
+        e.forward(0.01, x, &mut y, &mut tape, &mut scratch)
+    });
     let fb = time(reps, false, || {
         e.forward(0.01, x, &mut y, &mut tape, &mut scratch);
         e.backward(&tape, cot, &mut dx, Some(&mut grads), &mut scratch);
@@ -269,7 +279,11 @@ fn adjoint(cfg: &UNetConfig, x: &[f32], n: usize, reps: usize, rng: &mut Rng) {
     };
     let steps = Steps::new(fixed_grid(&GridSpec::default(), n), &flow.diffusion);
     let x0 = Tensor::from_vec(x.to_vec(), (batch, d), &Device::Cpu).unwrap();
-    let noise: Vec<f32> = rng.normals(n * batch * d).iter().map(|v| *v as f32).collect();
+    let noise: Vec<f32> = rng
+        .normals(n * batch * d)
+        .iter()
+        .map(|v| *v as f32)
+        .collect();
     let noise = Tensor::from_vec(noise, (n, batch, d), &Device::Cpu).unwrap();
     let passes = (3 * n + 1) as f64 * fwd_flops + (2 * n + 1) as f64 * back_flops;
     for threads in [1, 2] {

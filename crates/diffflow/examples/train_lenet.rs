@@ -13,10 +13,10 @@
 
 use candle_core::{DType, Device};
 use diffflow::checkpoint;
+use diffflow::classifier::lenet::{self, EpochOptions, LeNet, CLASSES};
 use diffflow::classifier::{accuracy, Classifier};
 use diffflow::data::images::{ImageSet, Split};
 use diffflow::data::pixels::{to_model, Offset};
-use diffflow::nn::lenet::{self, EpochOptions, LeNet, CLASSES};
 use diffflow::optim::{step_decay, Adam, AdamConfig};
 use diffflow::rng::{Rng, Stream};
 use std::collections::BTreeMap;

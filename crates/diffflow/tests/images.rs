@@ -4,6 +4,7 @@
 
 use candle_core::Device;
 use diffflow::analytic::GaussianFlow;
+use diffflow::classifier::lenet::{CLASSES, FEATURES, INPUT};
 use diffflow::classifier::{accuracy, class_balance, Classifier};
 use diffflow::data::images::{ImageSet, Split};
 use diffflow::data::pixels::{
@@ -12,7 +13,6 @@ use diffflow::data::pixels::{
 use diffflow::gaussian::Gaussian;
 use diffflow::likelihood::{pf_ode_nll, NllOptions};
 use diffflow::metrics::frechet::{expected_frechet_floor, frechet_distance, FeatureStats};
-use diffflow::nn::lenet::{CLASSES, FEATURES, INPUT};
 use diffflow::ode::Tolerances;
 use diffflow::rng::Rng;
 use diffflow::train::TrainData;

@@ -135,9 +135,9 @@ fn samples_are_in_data_units_and_bad_points_are_errors() {
     let s = model
         .sample(n, &sampler, 1000, 2, &mut Rng::new(3))
         .unwrap();
-    for i in 0..3 {
+    for (i, mu_i) in mu.iter().enumerate() {
         let m = s.x.iter().skip(i).step_by(3).sum::<f64>() / n as f64;
-        let want = std.mean[i] + std.std[i] * mu[i];
+        let want = std.mean[i] + std.std[i] * mu_i;
         // Standard error of the mean: S_ii sqrt(Sigma_ii / n) ≤ 7 · 1.2 / 63.
         assert!((m - want).abs() < 0.6, "coordinate {i}: {m} vs {want}");
     }

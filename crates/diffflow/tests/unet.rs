@@ -28,7 +28,11 @@ fn rel_err(a: &[Tensor], b: &[Tensor]) -> f64 {
         .zip(b)
         .map(|(x, y)| {
             let (x, y) = (values(x), values(y));
-            let d = x.iter().zip(&y).map(|(p, q)| (p - q).abs()).fold(0.0, f64::max);
+            let d = x
+                .iter()
+                .zip(&y)
+                .map(|(p, q)| (p - q).abs())
+                .fold(0.0, f64::max);
             let s = y.iter().map(|q| q.abs()).fold(0.0, f64::max);
             if s == 0.0 {
                 d
@@ -44,15 +48,15 @@ fn rel_err(a: &[Tensor], b: &[Tensor]) -> f64 {
 /// gradients (`grads` in `vars()` order); the key biases are checked against the largest
 /// gradient instead.
 fn grads_err(net: &dyn TimeNet, a: &[Tensor], b: &[Tensor]) -> f64 {
-    let scale = b
-        .iter()
-        .flat_map(values)
-        .map(f64::abs)
-        .fold(0.0, f64::max);
+    let scale = b.iter().flat_map(values).map(f64::abs).fold(0.0, f64::max);
     let (mut pa, mut pb) = (Vec::new(), Vec::new());
     for ((x, y), (name, _)) in a.iter().zip(b).zip(net.vars()) {
         if name.ends_with(".k.bias") {
-            let worst = values(x).iter().chain(&values(y)).map(|v| v.abs()).fold(0.0, f64::max);
+            let worst = values(x)
+                .iter()
+                .chain(&values(y))
+                .map(|v| v.abs())
+                .fold(0.0, f64::max);
             assert!(worst < 1e-5 * scale, "{name}: {worst} (scale {scale})");
         } else {
             pa.push(x.clone());
@@ -106,14 +110,18 @@ fn engine_vs_autograd(net: &UNet, rows: usize, t: f64, seed: u64) -> (f64, f64, 
     let dtype = net.dtype();
     let d = net.dim();
     let mut rng = Rng::new(seed);
-    let x = tensor(rng.normals(rows * d), &[rows, d]).to_dtype(dtype).unwrap();
-    let cot = tensor(rng.normals(rows * d), &[rows, d]).to_dtype(dtype).unwrap();
+    let x = tensor(rng.normals(rows * d), &[rows, d])
+        .to_dtype(dtype)
+        .unwrap();
+    let cot = tensor(rng.normals(rows * d), &[rows, d])
+        .to_dtype(dtype)
+        .unwrap();
     let mut fast = net.engine().unwrap();
     let mut auto = AutogradEngine::new(net);
     let y1 = fast.eval_keep(&x, t).unwrap();
     let y0 = fast.eval(&x, t).unwrap(); // must not disturb the kept evaluation
     let y2 = auto.eval_keep(&x, t).unwrap();
-    let ey = rel_err(&[y1.clone()], &[y2.clone()]).max(rel_err(&[y0], &[y2]));
+    let ey = rel_err(std::slice::from_ref(&y1), std::slice::from_ref(&y2)).max(rel_err(&[y0], &[y2]));
     let dx1 = fast.pullback(&cot, true).unwrap();
     let dx2 = auto.pullback(&cot, true).unwrap();
     let ex = rel_err(&[dx1], &[dx2]);
@@ -165,8 +173,8 @@ fn f32_errors(cfg: &UNetConfig, seed: u64) -> ((f64, f64, f64), (f64, f64, f64))
     let (y, dx, g) = run(&mut AutogradEngine::new(&n64), DType::F64);
     let errs = |(y1, dx1, g1): (Tensor, Tensor, Vec<Tensor>)| {
         (
-            rel_err(&[y1], &[y.clone()]),
-            rel_err(&[dx1], &[dx.clone()]),
+            rel_err(&[y1], std::slice::from_ref(&y)),
+            rel_err(&[dx1], std::slice::from_ref(&dx)),
             grads_err(&n64, &g1, &g),
         )
     };
@@ -176,18 +184,41 @@ fn f32_errors(cfg: &UNetConfig, seed: u64) -> ((f64, f64, f64), (f64, f64, f64))
 }
 
 /// f32 rounding (unit 6e-8) compounds through ~20-30 layers with GroupNorms that divide by
-/// small standard deviations, so an absolute bound is arbitrary; the engine is held to be at
-/// least as accurate as candle's own f32 path on the same net (within a factor 2), and
-/// within 1e-4 relative, about 1000 f32 units.
+/// small standard deviations, so an absolute bound is arbitrary; the engine is held to be as
+/// accurate as candle's own f32 path on the same nets, and within 1e-4 relative (about 1000
+/// f32 units) on each. One net's ratio engine/candle is heavy-tailed (candle's error can be
+/// small by luck: over 24 seeds × 2 configs the dx ratio ranged 0.47..6.5 with a geometric
+/// mean of 0.99), so the ratio is judged by its geometric mean over 8 seeds × 2 configs
+/// (measured 0.85 dx, 0.97 output, 0.80 grads; 0.8..1.2 over other seed ranges): an engine
+/// systematically twice as far from f64 as candle would show about 2.
 #[test]
 fn f32_engine_is_as_accurate_as_candle_f32() {
-    for (k, cfg) in [two_levels(), three_levels()].iter().enumerate() {
-        let (e, c) = f32_errors(cfg, 30 + k as u64);
-        println!("config {k}: engine f32 {e:?}, candle f32 {c:?}");
-        for (name, ev, cv) in [("output", e.0, c.0), ("dx", e.1, c.1), ("grads", e.2, c.2)] {
-            assert!(ev < 1e-4, "{k} {name}: engine f32 rel err {ev}");
-            assert!(ev < 2.0 * cv.max(1e-7), "{k} {name}: engine {ev} vs candle {cv}");
+    let mut log_ratio = [0.0f64; 3];
+    let mut nets = 0;
+    for seed in 30..38u64 {
+        for (k, cfg) in [two_levels(), three_levels()].iter().enumerate() {
+            let (e, c) = f32_errors(cfg, seed);
+            println!("seed {seed} config {k}: engine f32 {e:?}, candle f32 {c:?}");
+            for (i, (name, ev, cv)) in [("output", e.0, c.0), ("dx", e.1, c.1), ("grads", e.2, c.2)]
+                .into_iter()
+                .enumerate()
+            {
+                assert!(
+                    ev < 1e-4,
+                    "seed {seed} config {k} {name}: engine f32 rel err {ev}"
+                );
+                log_ratio[i] += (ev.max(1e-9) / cv.max(1e-9)).ln();
+            }
+            nets += 1;
         }
+    }
+    for (name, lr) in ["output", "dx", "grads"].iter().zip(log_ratio) {
+        let gm = (lr / nets as f64).exp();
+        println!("{name}: geometric mean of engine/candle f32 error ratios {gm:.3}");
+        assert!(
+            gm < 1.5,
+            "{name}: engine f32 error {gm:.2}x candle's (geometric mean)"
+        );
     }
 }
 
@@ -235,7 +266,12 @@ fn adjoint_through_two_unets_equals_naive_backprop() {
     let one = engine_adjoint_gradient(&fl, &x0, &steps, &noise, 2, 1).unwrap();
     let two = engine_adjoint_gradient(&fl, &x0, &steps, &noise, 2, 2).unwrap();
     assert_eq!(one.loss, two.loss);
-    for (a, b) in one.drift.iter().chain(&one.score).zip(two.drift.iter().chain(&two.score)) {
+    for (a, b) in one
+        .drift
+        .iter()
+        .chain(&one.score)
+        .zip(two.drift.iter().chain(&two.score))
+    {
         assert_eq!(values(a), values(b));
     }
     assert!(grad_err(&fl, &one, &adj) < 1e-12);
@@ -295,7 +331,10 @@ fn adjoint_through_two_unets_equals_central_finite_differences() {
             (fd - g).abs() < 1e-6 * (1.0 + g.abs()),
             "net {which} {name}[{k}]: finite difference {fd} vs adjoint {g}"
         );
-        assert!(g.abs() > 1e-6, "{name}[{k}] gradient {g} is trivially small");
+        assert!(
+            g.abs() > 1e-6,
+            "{name}[{k}] gradient {g} is trivially small"
+        );
     }
 }
 
@@ -314,7 +353,9 @@ fn same_seed_same_weights_and_a_fresh_net_outputs_zero() {
     assert_ne!(bytes(3), bytes(4));
     let net = UNet::new(&cfg, DType::F64, &Device::Cpu, &mut Rng::new(3)).unwrap();
     let x = tensor(Rng::new(1).normals(2 * 16), &[2, 16]);
-    assert!(values(&net.forward(&x, 0.01).unwrap()).iter().all(|v| *v == 0.0));
+    assert!(values(&net.forward(&x, 0.01).unwrap())
+        .iter()
+        .all(|v| *v == 0.0));
     let y = net.engine().unwrap().eval(&x, 0.01).unwrap();
     assert!(values(&y).iter().all(|v| *v == 0.0));
 }
@@ -342,27 +383,100 @@ fn bad_shapes_and_configs_are_clear_errors() {
         assert!(err.contains(&format!("unet.{field}")), "{err}");
     };
     let base = UNetConfig::mnist_cpu();
-    bad(UNetConfig { height: 30, ..base.clone() }, "height");
-    bad(UNetConfig { width: 27, ..base.clone() }, "width");
-    bad(UNetConfig { height: 0, ..base.clone() }, "height");
-    bad(UNetConfig { ch: 15, ..base.clone() }, "ch");
-    bad(UNetConfig { groups: 3, ..base.clone() }, "groups");
-    bad(UNetConfig { mults: vec![], ..base.clone() }, "mults");
-    bad(UNetConfig { mults: vec![1, 0, 2], ..base.clone() }, "mults");
-    bad(UNetConfig { attn: vec![5], ..base.clone() }, "attn");
-    bad(UNetConfig { dropout: 1.0, ..base.clone() }, "dropout");
-    bad(UNetConfig { time_scale: f64::NAN, ..base.clone() }, "time_scale");
-    bad(UNetConfig { blocks: 0, ..base.clone() }, "blocks");
+    bad(
+        UNetConfig {
+            height: 30,
+            ..base.clone()
+        },
+        "height",
+    );
+    bad(
+        UNetConfig {
+            width: 27,
+            ..base.clone()
+        },
+        "width",
+    );
+    bad(
+        UNetConfig {
+            height: 0,
+            ..base.clone()
+        },
+        "height",
+    );
+    bad(
+        UNetConfig {
+            ch: 15,
+            ..base.clone()
+        },
+        "ch",
+    );
+    bad(
+        UNetConfig {
+            groups: 3,
+            ..base.clone()
+        },
+        "groups",
+    );
+    bad(
+        UNetConfig {
+            mults: vec![],
+            ..base.clone()
+        },
+        "mults",
+    );
+    bad(
+        UNetConfig {
+            mults: vec![1, 0, 2],
+            ..base.clone()
+        },
+        "mults",
+    );
+    bad(
+        UNetConfig {
+            attn: vec![5],
+            ..base.clone()
+        },
+        "attn",
+    );
+    bad(
+        UNetConfig {
+            dropout: 1.0,
+            ..base.clone()
+        },
+        "dropout",
+    );
+    bad(
+        UNetConfig {
+            time_scale: f64::NAN,
+            ..base.clone()
+        },
+        "time_scale",
+    );
+    bad(
+        UNetConfig {
+            blocks: 0,
+            ..base.clone()
+        },
+        "blocks",
+    );
     // Unknown fields in a config file.
     let text = toml::to_string(&base).unwrap();
     assert_eq!(toml::from_str::<UNetConfig>(&text).unwrap(), base);
     assert!(toml::from_str::<UNetConfig>(&format!("{text}\nchanels = 2\n")).is_err());
 
-    let net = UNet::new(&UNetConfig::tiny(1, 4, 4), DType::F64, &Device::Cpu, &mut Rng::new(0))
-        .unwrap();
+    let net = UNet::new(
+        &UNetConfig::tiny(1, 4, 4),
+        DType::F64,
+        &Device::Cpu,
+        &mut Rng::new(0),
+    )
+    .unwrap();
     let wrong = tensor(vec![0.0; 2 * 15], &[2, 15]);
     let flat = tensor(vec![0.0; 16], &[16]);
-    let as_f32 = tensor(vec![0.0; 16], &[1, 16]).to_dtype(DType::F32).unwrap();
+    let as_f32 = tensor(vec![0.0; 16], &[1, 16])
+        .to_dtype(DType::F32)
+        .unwrap();
     for x in [&wrong, &flat, &as_f32] {
         assert!(net.forward(x, 0.01).is_err());
     }
@@ -386,7 +500,14 @@ fn dropout_masks_repeat_per_seed_and_match_between_forward_and_engine() {
         ..two_levels()
     };
     let net = random_net(&cfg, DType::F64, 60);
-    let plain = random_net(&UNetConfig { dropout: 0.0, ..cfg.clone() }, DType::F64, 60);
+    let plain = random_net(
+        &UNetConfig {
+            dropout: 0.0,
+            ..cfg.clone()
+        },
+        DType::F64,
+        60,
+    );
     let d = net.dim();
     let x = tensor(Rng::new(61).normals(2 * d), &[2, d]);
     let t = 0.02;
@@ -405,7 +526,11 @@ fn dropout_masks_repeat_per_seed_and_match_between_forward_and_engine() {
     let (ey, ex, eg) = engine_vs_autograd(&net, 2, t, 62);
     assert!(ey < 1e-12 && ex < 1e-10 && eg < 1e-10, "{ey} {ex} {eg}");
     let e = values(&net.engine().unwrap().eval(&x, t).unwrap());
-    let err = e.iter().zip(&a).map(|(p, q)| (p - q).abs()).fold(0.0, f64::max);
+    let err = e
+        .iter()
+        .zip(&a)
+        .map(|(p, q)| (p - q).abs())
+        .fold(0.0, f64::max);
     assert!(err < 1e-12, "{err}");
     net.set_dropout_seed(None);
     assert_eq!(y(&net), y(&plain));

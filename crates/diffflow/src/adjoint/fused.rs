@@ -542,21 +542,12 @@ fn gradient_with<T: Real>(
         pool_give(w);
     };
     let threads = threads.clamp(1, tiles.len());
-    if threads == 1 {
-        work();
-    } else {
-        std::thread::scope(|s| {
-            for _ in 1..threads {
-                s.spawn(work);
-            }
-            work();
-        });
-    }
+    crate::par::run_workers(threads, &work)?;
     let r = reducer
         .into_inner()
-        .map_err(|_| Error::config("gradient worker panicked"))?;
+        .map_err(|_| Error::WorkerPanic("a gradient tile was lost".into()))?;
     if r.next != tiles.len() {
-        return Err(Error::config("gradient worker panicked"));
+        return Err(Error::WorkerPanic("a gradient tile was lost".into()));
     }
     for p in r.spare {
         pool_give(p);

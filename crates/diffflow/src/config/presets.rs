@@ -20,7 +20,7 @@ pub use crate::par::default_threads;
 pub enum Preset {
     /// Small and quick: a few minutes on two CPU cores.
     Quick,
-    /// The authors' 2-D configuration (DESIGN.md section 1), exactly.
+    /// The authors' 2-D configuration (their code, qsh-zh/DiffFlow), exactly.
     Paper2d,
     /// Tabular data files: see [`RunConfig::preset`] and [`tabular_width`].
     Tabular,

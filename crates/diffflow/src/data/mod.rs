@@ -12,17 +12,22 @@
 //! - [`standardize`]: per-column `(x - mean) / std` with its log-Jacobian ([`Standardizer`]);
 //! - [`tabular`]: CSV/TSV/text and NumPy `.npy` files, optionally gzipped ([`tabular::load`]);
 //! - [`preprocess`]: drop constant columns, dequantise integer columns, seeded splits;
-//! - [`source`]: a data file as a run's data ([`source::FileSource`]): the whole pipeline
-//!   (read, split, drop constants, dequantise, standardise on the training split);
+//! - [`pipeline`]: the whole preprocessing of a run's tables in memory
+//!   ([`pipeline::TableSource`]: split, drop constants, dequantise, standardise on the
+//!   training split), with the map from table columns to model coordinates ([`columns`]);
+//! - [`source`]: a data file as a run's data ([`source::FileSource`]), read into a
+//!   `TableSource` and prepared by the same pipeline;
 //! - [`train_data`]: a run's data configuration ([`DataConfig`]) and its prepared points
 //!   ([`TrainData`], standardised, with the batch draws of training).
 //!
 //! Every random draw comes from the [`crate::rng::Rng`] passed in, so a data set is a
 //! deterministic function of its seed.
 
+pub mod columns;
 pub mod idx;
 pub mod image2d;
 pub mod images;
+pub mod pipeline;
 pub mod pixels;
 pub mod preprocess;
 pub mod source;

@@ -2,7 +2,7 @@
 //! training pool, validation and held-out points in standardised units, with the transform
 //! from data units and the dequantisation widths.
 
-use super::source::{self, ColumnMap, FileSource};
+use super::source::{self, ColumnMap, FileSource, Prepared, TableSource};
 use super::{toy_2d, Standardizer};
 use crate::rng::{Rng, Stream};
 use crate::Result;
@@ -77,10 +77,24 @@ impl TrainData {
         }
     }
 
-    /// A data file through the pipeline of [`crate::data::source`], with the split and the
+    /// A data file through the pipeline of [`crate::data::pipeline`], with the split and the
     /// held-out dequantisation noise drawn from the seed's data stream.
     pub fn from_file(src: &FileSource, seed: u64) -> Result<Self> {
         let p = source::prepare(src, &mut Rng::stream(seed, Stream::Data))?;
+        Ok(Self::from_prepared(p))
+    }
+
+    /// Tables in memory (e.g. arrays) through the same pipeline as a data file, with the same
+    /// draws: a table saved to a file and read back with the same options gives the same
+    /// data. `name` names the data in errors.
+    pub fn from_tables(src: TableSource, name: &str, seed: u64) -> Result<Self> {
+        let p = src.prepare(name, &mut Rng::stream(seed, Stream::Data))?;
+        Ok(Self::from_prepared(p))
+    }
+
+    /// The prepared points, standardised, with the dequantisation widths in standardised
+    /// units.
+    fn from_prepared(p: Prepared) -> Self {
         let s = p.standardizer;
         let (mut train, mut val, mut test) = (p.train, p.val, p.test);
         for x in [&mut train, &mut val, &mut test] {
@@ -95,7 +109,7 @@ impl TrainData {
             }
             w
         };
-        Ok(TrainData {
+        TrainData {
             train,
             test,
             dim: p.dim,
@@ -104,7 +118,7 @@ impl TrainData {
             dequantize,
             columns: Some(p.columns),
             notes: p.notes,
-        })
+        }
     }
 
     /// `b` training points drawn with replacement from `rng`, plus fresh dequantisation
@@ -160,6 +174,123 @@ pub fn shuffle_rows(x: &mut [f64], d: usize, rng: &mut Rng) {
             for k in 0..d {
                 x.swap(i * d + k, j * d + k);
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::tabular::{save_npy, Table};
+
+    /// 40 rows: a continuous column, a constant one, an integer one.
+    fn table() -> Table {
+        let mut data = Vec::new();
+        for i in 0..40 {
+            data.extend([0.37 * i as f64 - 3.1, 2.5, (i % 5) as f64]);
+        }
+        Table {
+            data,
+            rows: 40,
+            cols: 3,
+            names: None,
+        }
+    }
+
+    #[test]
+    fn arrays_and_their_npy_file_give_the_same_data() {
+        // The same table in memory and saved as .npy, with a validation table and a test
+        // fraction: the same split, constants, dequantisation noise and standardisation.
+        let dir = tempfile::tempdir().unwrap();
+        let (main, val) = (table(), table().take_rows(&[3, 7, 11]));
+        let (pm, pv) = (dir.path().join("x.npy"), dir.path().join("v.npy"));
+        save_npy(&pm, &main.data, main.rows, main.cols).unwrap();
+        save_npy(&pv, &val.data, val.rows, val.cols).unwrap();
+        let mut file = FileSource::new(&pm);
+        file.validation = Some(pv);
+        file.test_fraction = Some(0.25);
+        let a = TrainData::from_file(&file, 7).unwrap();
+        let mut tables = TableSource::new(main);
+        tables.validation = Some(val);
+        tables.test_fraction = Some(0.25);
+        let b = TrainData::from_tables(tables.clone(), "X", 7).unwrap();
+        assert_eq!(
+            (a.len(), a.val.len() / a.dim, a.test.len() / a.dim),
+            (30, 3, 10)
+        );
+        assert_eq!((&a.train, &a.val, &a.test), (&b.train, &b.val, &b.test));
+        assert_eq!((&a.standardizer, &a.columns), (&b.standardizer, &b.columns));
+        assert_eq!(a.dequantize, b.dequantize);
+        let map = b.columns.as_ref().unwrap();
+        assert_eq!(
+            (map.kept.clone(), map.constants.clone()),
+            (vec![0, 2], vec![(1, 2.5)])
+        );
+        assert_eq!(map.dequantized, vec![1]);
+        // Another seed, another split.
+        let c = TrainData::from_tables(tables, "X", 8).unwrap();
+        assert_ne!(c.test, b.test);
+    }
+
+    #[test]
+    fn bad_tables_are_named_errors() {
+        let nan = {
+            let mut t = table();
+            t.data[3 * 5 + 2] = f64::NAN;
+            t
+        };
+        let narrow = Table {
+            data: vec![0.0; 4],
+            rows: 2,
+            cols: 2,
+            names: None,
+        };
+        let empty = Table {
+            data: Vec::new(),
+            rows: 0,
+            cols: 3,
+            names: None,
+        };
+        let with_val = |v: Table| TableSource {
+            validation: Some(v),
+            ..TableSource::new(table())
+        };
+        let cases = [
+            (
+                TableSource::new(nan.clone()),
+                "X: non-finite value NaN at row 5, column 2",
+            ),
+            (
+                with_val(nan),
+                "the validation points: non-finite value NaN at row 5",
+            ),
+            (
+                with_val(narrow),
+                "the validation points have 2 columns, but X has 3",
+            ),
+            (
+                TableSource::new(empty),
+                "X: no points (0 rows of 3 columns)",
+            ),
+            (
+                TableSource {
+                    val_fraction: Some(0.6),
+                    test_fraction: Some(0.4),
+                    ..TableSource::new(table())
+                },
+                "val_fraction + test_fraction leave no training rows",
+            ),
+            (
+                TableSource {
+                    val_fraction: Some(0.2),
+                    ..with_val(table())
+                },
+                "val_fraction = 0.2 but its points are given separately",
+            ),
+        ];
+        for (src, want) in cases {
+            let e = TrainData::from_tables(src, "X", 0).unwrap_err().to_string();
+            assert!(e.contains(want), "{want}: {e}");
         }
     }
 }

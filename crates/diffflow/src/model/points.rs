@@ -47,14 +47,28 @@ impl Model {
         notes: &mut Vec<String>,
     ) -> Result<Vec<f64>> {
         let dim = self.dim();
-        let name = path.display();
-        let (table, map) = match (&self.columns, &self.cfg.data.file) {
-            (Some(map), Some(src)) => (
-                read_like_training(path, &src.load_options()?, map, dim)?,
-                Some(map),
-            ),
-            _ => (tabular::load(path, &LoadOptions::default())?, None),
+        let table = match (&self.columns, &self.cfg.data.file) {
+            (Some(map), Some(src)) => read_like_training(path, &src.load_options()?, map, dim)?,
+            _ => tabular::load(path, &LoadOptions::default())?,
         };
+        self.points_from_table(table, &path.display().to_string(), n, deq, seed, notes)
+    }
+
+    /// [`Model::points_from_file`] for a table in memory (`name` names it in errors): the
+    /// first `n` (default all) rows in the model's coordinates, data units. A run with a
+    /// column map takes the columns it was trained on or only the modelled ones, and
+    /// dequantises per `deq`; other runs take exactly `dim` columns. Non-finite values are
+    /// errors naming the row and column (1-based).
+    pub fn points_from_table(
+        &self,
+        table: Table,
+        name: &str,
+        n: Option<usize>,
+        deq: Dequantize,
+        seed: u64,
+        notes: &mut Vec<String>,
+    ) -> Result<Vec<f64>> {
+        let dim = self.dim();
         if table.rows == 0 {
             return Err(Error::data(format!("{name}: no rows")));
         }
@@ -67,8 +81,12 @@ impl Model {
             )));
         }
         let rows = n.unwrap_or(table.rows).min(table.rows);
-        let table = table.take_rows(&(0..rows).collect::<Vec<_>>());
-        let Some(map) = map else {
+        let table = if rows < table.rows {
+            table.take_rows(&(0..rows).collect::<Vec<_>>())
+        } else {
+            table
+        };
+        let Some(map) = &self.columns else {
             if table.cols != dim {
                 return Err(Error::data(format!(
                     "{name}: {} columns, but the model has dimension {dim}",

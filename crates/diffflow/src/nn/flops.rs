@@ -2,7 +2,7 @@
 //! counted from the shapes, and a probe of the machine's GEMM rate on the same `gemm` kernels
 //! (so that a measured training speed can be put against what the hardware does).
 
-use super::kernel::matmul;
+use super::gemm::matmul;
 use super::MlpConfig;
 use std::time::Instant;
 

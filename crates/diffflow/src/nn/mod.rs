@@ -7,25 +7,25 @@
 //! without a graph and pulls cotangents back explicitly (vector-Jacobian products), which is
 //! what the stochastic adjoint needs. The MLP and the U-Net have fused CPU engines; any other
 //! net gets [`AutogradEngine`], built on `forward`.
-//!
-//! [`lenet`] is not a [`TimeNet`]: it is the MNIST classifier of [`crate::classifier`].
 
 mod act;
 mod flops;
+mod gemm;
 mod kernel;
-pub mod lenet;
 mod mlp;
+mod rows;
 mod unet;
 
 pub use act::{fast, Activation, Real};
 pub use flops::{gemm_gflops, mlp_forward_flops, mlp_pullback_flops};
 #[cfg(test)]
-pub(crate) use kernel::FLOPS;
-pub use kernel::{drain_into, MlpEngine, Scratch, Tape, TimeFeatures};
+pub(crate) use gemm::FLOPS;
+pub use kernel::{MlpEngine, Scratch, Tape, TimeFeatures};
 pub use mlp::{Mlp, MlpConfig, ParamKnob};
+pub use rows::drain_into;
 pub use unet::{
-    unet_forward_flops, unet_gemms, unet_pullback_flops, UNet, UNetConfig, UNetEngine,
-    UNetGemms, UNetScratch, UNetTape, DEFAULT_TIME_SCALE,
+    unet_forward_flops, unet_gemms, unet_pullback_flops, UNet, UNetConfig, UNetEngine, UNetGemms,
+    UNetScratch, UNetTape, DEFAULT_TIME_SCALE,
 };
 
 use crate::Result;

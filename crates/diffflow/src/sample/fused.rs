@@ -99,24 +99,15 @@ pub(super) fn reverse<T: Real>(
         }
     };
     let threads = threads.clamp(1, tiles.len().max(1));
-    if threads == 1 {
-        work();
-    } else {
-        std::thread::scope(|sc| {
-            for _ in 1..threads {
-                sc.spawn(work);
-            }
-            work();
-        });
-    }
+    crate::par::run_workers(threads, &work)?;
     let parts = done
         .into_inner()
-        .map_err(|_| Error::config("sampling worker panicked"))?;
+        .map_err(|_| Error::WorkerPanic("a sampling tile was lost".into()))?;
     let mut states = vec![Vec::with_capacity(b * d); n + 1];
     for (part, &(lo, hi)) in parts.iter().zip(&tiles) {
         let part = part
             .as_ref()
-            .ok_or_else(|| Error::config("sampling worker panicked"))?;
+            .ok_or_else(|| Error::WorkerPanic("a sampling tile was lost".into()))?;
         let rd = (hi - lo) * d;
         for (i, out) in states.iter_mut().enumerate() {
             out.extend_from_slice(&part[i * rd..(i + 1) * rd]);

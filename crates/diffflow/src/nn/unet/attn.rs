@@ -6,7 +6,7 @@ use super::conv::{self, grow};
 use super::engine::{pair, Kept};
 use super::norm::{self, Gn};
 use super::plan::{Attention, Conv};
-use crate::nn::kernel::matmul_strided;
+use crate::nn::gemm::matmul_strided;
 use crate::nn::Real;
 
 /// Work buffers of [`backward`].
@@ -84,7 +84,15 @@ pub(crate) fn forward<T: Real>(
     }
     grow(p, g.batch * n * n);
     let nm = g.a.norm;
-    norm::forward(&g.gn(), &w[nm.p], &w[nm.p + 1], x, &mut hn[..len], s1, false);
+    norm::forward(
+        &g.gn(),
+        &w[nm.p],
+        &w[nm.p + 1],
+        x,
+        &mut hn[..len],
+        s1,
+        false,
+    );
     for (cv, dst) in [(g.a.q, &mut *q), (g.a.k, &mut *k), (g.a.v, &mut *v)] {
         conv::forward(&g.conv(cv), &w[cv.w], &w[cv.w + 1], hn, dst, false, bufs);
     }
@@ -109,7 +117,18 @@ pub(crate) fn forward<T: Real>(
         }
         // o[c, i] = Σ_j v[c, j] P[i, j]
         let ob = &mut o[b * n..];
-        matmul_strided(ob, (big_n, 1), c, n, n, &v[b * n..], (big_n, 1), pb, (1, n), false);
+        matmul_strided(
+            ob,
+            (big_n, 1),
+            c,
+            n,
+            n,
+            &v[b * n..],
+            (big_n, 1),
+            pb,
+            (1, n),
+            false,
+        );
     }
     let pr = g.a.proj;
     conv::forward(&g.conv(pr), &w[pr.w], &w[pr.w + 1], o, out, false, bufs);
@@ -154,7 +173,15 @@ pub(crate) fn backward<T: Real>(
     dx[..len].copy_from_slice(&dy[..len]);
     let pr = g.a.proj;
     let gp = pair(&mut grads, pr.w);
-    conv::backward(&g.conv(pr), &w[pr.w], &kept.o, dy, Some((d_o, false)), gp, cbufs);
+    conv::backward(
+        &g.conv(pr),
+        &w[pr.w],
+        &kept.o,
+        dy,
+        Some((d_o, false)),
+        gp,
+        cbufs,
+    );
     let scale = 1.0 / (c as f64).sqrt();
     let (q, k, v) = (&kept.q, &kept.k, &kept.v);
     for b in 0..g.batch {
@@ -162,7 +189,18 @@ pub(crate) fn backward<T: Real>(
         let dob = &d_o[b * n..];
         let ds = &mut ds[..n * n];
         // dP[i, j] = Σ_c dO[c, i] v[c, j]; dv[c, j] = Σ_i dO[c, i] P[i, j]
-        matmul_strided(ds, (n, 1), n, n, c, dob, (1, big_n), &v[b * n..], (big_n, 1), false);
+        matmul_strided(
+            ds,
+            (n, 1),
+            n,
+            n,
+            c,
+            dob,
+            (1, big_n),
+            &v[b * n..],
+            (big_n, 1),
+            false,
+        );
         let dvb = &mut dv[b * n..];
         matmul_strided(dvb, (big_n, 1), c, n, n, dob, (big_n, 1), pb, (n, 1), false);
         // dS = P ⊙ (dP − rowsum(P ⊙ dP)) / √C
@@ -178,9 +216,31 @@ pub(crate) fn backward<T: Real>(
         }
         // dq[c, i] = Σ_j k[c, j] dS[i, j]; dk[c, j] = Σ_i q[c, i] dS[i, j]
         let dqb = &mut dq[b * n..];
-        matmul_strided(dqb, (big_n, 1), c, n, n, &k[b * n..], (big_n, 1), ds, (1, n), false);
+        matmul_strided(
+            dqb,
+            (big_n, 1),
+            c,
+            n,
+            n,
+            &k[b * n..],
+            (big_n, 1),
+            ds,
+            (1, n),
+            false,
+        );
         let dkb = &mut dk[b * n..];
-        matmul_strided(dkb, (big_n, 1), c, n, n, &q[b * n..], (big_n, 1), ds, (n, 1), false);
+        matmul_strided(
+            dkb,
+            (big_n, 1),
+            c,
+            n,
+            n,
+            &q[b * n..],
+            (big_n, 1),
+            ds,
+            (n, 1),
+            false,
+        );
     }
     let parts = [(g.a.q, &*dq), (g.a.k, &*dk), (g.a.v, &*dv)];
     for (i, (cv, d)) in parts.into_iter().enumerate() {

@@ -160,7 +160,10 @@ impl UNetConfig {
             );
         }
         if !(0.0..1.0).contains(&self.dropout) {
-            return bad("dropout", format!("must be in [0, 1), got {}", self.dropout));
+            return bad(
+                "dropout",
+                format!("must be in [0, 1), got {}", self.dropout),
+            );
         }
         if !(self.time_scale.is_finite() && self.time_scale > 0.0) {
             return bad(
@@ -180,7 +183,12 @@ impl UNetConfig {
         let temb = 4 * ch;
         let conv = |cin: usize, cout: usize, k: usize| k * k * cin * cout + cout;
         let res = |cin: usize, cout: usize| {
-            2 * cin + conv(cin, cout, 3) + temb * cout + cout + 2 * cout + conv(cout, cout, 3)
+            2 * cin
+                + conv(cin, cout, 3)
+                + temb * cout
+                + cout
+                + 2 * cout
+                + conv(cout, cout, 3)
                 + if cin != cout { conv(cin, cout, 1) } else { 0 }
         };
         let attn = |c: usize| 2 * c + 4 * conv(c, c, 1);

@@ -5,7 +5,7 @@
 //! gradients are summed over the tiles in f64.
 
 use super::plan::Conv;
-use crate::nn::kernel::matmul_strided;
+use crate::nn::gemm::matmul_strided;
 use crate::nn::Real;
 
 /// Target size in bytes of one im2col tile `[cin·k², columns]`.
@@ -96,7 +96,10 @@ impl Geom {
     /// Columns of one tile: whole output rows, about [`TILE_BYTES`] of im2col.
     fn tile_cols(&self, elem: usize) -> usize {
         let (ho, wo) = self.out_hw();
-        let tb: usize = std::env::var("TILEB").ok().and_then(|v| v.parse().ok()).unwrap_or(TILE_BYTES);
+        let tb: usize = std::env::var("TILEB")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(TILE_BYTES);
         let cols = tb / (elem * self.kk()).max(1);
         // whole rows, a multiple of 16 columns (the GEMM then reads the tile unpacked)
         let step = 16 / gcd(wo, 16);
@@ -159,7 +162,10 @@ impl Geom {
         let (h, w, pad) = (self.h, self.w, self.c.k / 2);
         let (q0, q1) = (j0 / w, (j0 + tc) / w);
         // columns `ox` with `ox + kx − pad` outside `[0, w)`, in every row
-        for (a, b) in [(0, pad.saturating_sub(kx).min(w)), ((w + pad).saturating_sub(kx).min(w), w)] {
+        for (a, b) in [
+            (0, pad.saturating_sub(kx).min(w)),
+            ((w + pad).saturating_sub(kx).min(w), w),
+        ] {
             if a < b {
                 for q in 0..q1 - q0 {
                     f(q * w + a, b - a);
@@ -167,7 +173,10 @@ impl Geom {
             }
         }
         // rows `oy` with `oy + ky − pad` outside `[0, h)`, in every image
-        for (a, b) in [(0, pad.saturating_sub(ky).min(h)), ((h + pad).saturating_sub(ky).min(h), h)] {
+        for (a, b) in [
+            (0, pad.saturating_sub(ky).min(h)),
+            ((h + pad).saturating_sub(ky).min(h), h),
+        ] {
             if a < b {
                 for start in (q0 / h * h..q1).step_by(h) {
                     let (r0, r1) = ((start + a).max(q0), (start + b).min(q1));
@@ -201,9 +210,20 @@ fn upsample<T: Real>(x: &[T], c: usize, rows: usize, w: usize, up: usize, out: &
 
 /// The adjoint of [`upsample`]: `dx[i] (+)= Σ` of the `up × up` block of `dup` over pixel `i`.
 #[inline(always)]
-fn upsample_adjoint<T: Real>(dup: &[T], c: usize, rows: usize, w: usize, up: usize, dx: &mut [T], accumulate: bool) {
+fn upsample_adjoint<T: Real>(
+    dup: &[T],
+    c: usize,
+    rows: usize,
+    w: usize,
+    up: usize,
+    dx: &mut [T],
+    accumulate: bool,
+) {
     let len = c * rows * w;
-    for (d, src) in dx[..len].chunks_exact_mut(w).zip(dup.chunks_exact(w * up * up)) {
+    for (d, src) in dx[..len]
+        .chunks_exact_mut(w)
+        .zip(dup.chunks_exact(w * up * up))
+    {
         if !accumulate {
             d.fill(T::zero());
         }
@@ -384,7 +404,18 @@ pub(crate) fn forward<T: Real>(
         im2col(&g, x, j0, tc, &mut col[..kk * tc]);
         col[kk * tc..].fill(T::one());
         let dst = &mut y[j0..];
-        matmul_strided(dst, (n, 1), cout, tc, k1, waug, (k1, 1), col, (tc, 1), accumulate);
+        matmul_strided(
+            dst,
+            (n, 1),
+            cout,
+            tc,
+            k1,
+            waug,
+            (k1, 1),
+            col,
+            (tc, 1),
+            accumulate,
+        );
     }
 }
 
@@ -465,12 +496,34 @@ pub(crate) fn backward<T: Real>(
             im2col(&gu, x, j0, tc, col);
             // `tmp` column-major, so that the GEMM packs the thin `dy` tile, not `col`
             let tmp = &mut tmp[..cout * kk];
-            matmul_strided(tmp, (1, cout), cout, kk, tc, &dy[j0..], (n, 1), col, (1, tc), false);
+            matmul_strided(
+                tmp,
+                (1, cout),
+                cout,
+                kk,
+                tc,
+                &dy[j0..],
+                (n, 1),
+                col,
+                (1, tc),
+                false,
+            );
             add_transposed_to_f64(dw, tmp, cout, kk);
         }
         if let Some(t) = target.as_mut() {
             let dcol = &mut dcol[..kk * tc];
-            matmul_strided(dcol, (tc, 1), kk, tc, cout, w, (1, kk), &dy[j0..], (n, 1), false);
+            matmul_strided(
+                dcol,
+                (tc, 1),
+                kk,
+                tc,
+                cout,
+                w,
+                (1, kk),
+                &dy[j0..],
+                (n, 1),
+                false,
+            );
             col2im(&gu, dcol, j0, tc, t);
         }
     }
@@ -500,8 +553,7 @@ mod tests {
                                 for kx in 0..c.k {
                                     let iy = (oy * c.stride + ky) as isize - pad;
                                     let ix = (ox * c.stride + kx) as isize - pad;
-                                    if iy < 0 || ix < 0 || iy >= hv as isize || ix >= wv as isize
-                                    {
+                                    if iy < 0 || ix < 0 || iy >= hv as isize || ix >= wv as isize {
                                         continue;
                                     }
                                     let (iy, ix) = (iy as usize / c.up, ix as usize / c.up);
@@ -528,11 +580,36 @@ mod tests {
             up,
         };
         vec![
-            Geom { c: conv(3, 4, 3, 1, 1), batch: 2, h: 5, w: 6 },
-            Geom { c: conv(2, 3, 3, 2, 1), batch: 3, h: 6, w: 4 },
-            Geom { c: conv(3, 2, 3, 1, 2), batch: 2, h: 3, w: 2 },
-            Geom { c: conv(4, 5, 1, 1, 1), batch: 2, h: 3, w: 3 },
-            Geom { c: conv(2, 2, 3, 1, 1), batch: 1, h: 1, w: 1 },
+            Geom {
+                c: conv(3, 4, 3, 1, 1),
+                batch: 2,
+                h: 5,
+                w: 6,
+            },
+            Geom {
+                c: conv(2, 3, 3, 2, 1),
+                batch: 3,
+                h: 6,
+                w: 4,
+            },
+            Geom {
+                c: conv(3, 2, 3, 1, 2),
+                batch: 2,
+                h: 3,
+                w: 2,
+            },
+            Geom {
+                c: conv(4, 5, 1, 1, 1),
+                batch: 2,
+                h: 3,
+                w: 3,
+            },
+            Geom {
+                c: conv(2, 2, 3, 1, 1),
+                batch: 1,
+                h: 1,
+                w: 1,
+            },
         ]
     }
 
@@ -557,7 +634,15 @@ mod tests {
             let mut dx = vec![0.5; c.cin * g.n_in()];
             let mut dw = vec![0.0; w.len()];
             let mut db = vec![0.0; c.cout];
-            backward(&g, &w, &x, &dy, Some((&mut dx, false)), Some((&mut dw, &mut db)), &mut bufs);
+            backward(
+                &g,
+                &w,
+                &x,
+                &dy,
+                Some((&mut dx, false)),
+                Some((&mut dw, &mut db)),
+                &mut bufs,
+            );
             let dot = |y: &[f64]| y.iter().zip(&dy).map(|(a, b)| a * b).sum::<f64>();
             let zero_b = vec![0.0; c.cout];
             for i in 0..x.len() {
@@ -600,9 +685,24 @@ mod tests {
             up,
         };
         for g in [
-            Geom { c: conv(64, 3, 1, 1), batch: 2, h: 30, w: 10 },
-            Geom { c: conv(64, 2, 2, 1), batch: 8, h: 14, w: 22 },
-            Geom { c: conv(64, 2, 1, 2), batch: 2, h: 9, w: 8 },
+            Geom {
+                c: conv(64, 3, 1, 1),
+                batch: 2,
+                h: 30,
+                w: 10,
+            },
+            Geom {
+                c: conv(64, 2, 2, 1),
+                batch: 8,
+                h: 14,
+                w: 22,
+            },
+            Geom {
+                c: conv(64, 2, 1, 2),
+                batch: 2,
+                h: 9,
+                w: 8,
+            },
         ] {
             let c = g.c;
             assert!(g.tiles(8).count() > 2, "{g:?}");
@@ -619,17 +719,31 @@ mod tests {
             }
             let mut dx = vec![0.0; x.len()];
             let (mut dw, mut db) = (vec![0.0; w.len()], vec![0.0; c.cout]);
-            backward(&g, &w, &x, &dy, Some((&mut dx, false)), Some((&mut dw, &mut db)), &mut bufs);
+            backward(
+                &g,
+                &w,
+                &x,
+                &dy,
+                Some((&mut dx, false)),
+                Some((&mut dw, &mut db)),
+                &mut bufs,
+            );
             let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(p, q)| p * q).sum::<f64>();
             let zero_b = vec![0.0; c.cout];
             let u = rng.normals(x.len());
             let lhs = dot(&dx, &u);
             let rhs = dot(&dy, &naive(&g, &w, &zero_b, &u));
-            assert!((lhs - rhs).abs() < 1e-9 * rhs.abs().max(1.0), "{g:?}: dx {lhs} vs {rhs}");
+            assert!(
+                (lhs - rhs).abs() < 1e-9 * rhs.abs().max(1.0),
+                "{g:?}: dx {lhs} vs {rhs}"
+            );
             let v = rng.normals(w.len());
             let lhs = dot(&dw, &v);
             let rhs = dot(&dy, &naive(&g, &v, &zero_b, &x));
-            assert!((lhs - rhs).abs() < 1e-9 * rhs.abs().max(1.0), "{g:?}: dw {lhs} vs {rhs}");
+            assert!(
+                (lhs - rhs).abs() < 1e-9 * rhs.abs().max(1.0),
+                "{g:?}: dw {lhs} vs {rhs}"
+            );
         }
     }
 }

@@ -348,9 +348,19 @@ impl<T: Real + Default> UNetEngine<T> {
             match layer.op {
                 Op::Conv(c) => {
                     let g = self.conv_geom(c, layer, rows);
-                    conv::forward(&g, &self.w[c.w], &self.w[c.w + 1], input, out_s, false, bufs);
+                    conv::forward(
+                        &g,
+                        &self.w[c.w],
+                        &self.w[c.w + 1],
+                        input,
+                        out_s,
+                        false,
+                        bufs,
+                    );
                 }
-                Op::Res(r) => self.res_forward(&r, layer, rows, t, input, out_s, kept, time, scratch),
+                Op::Res(r) => {
+                    self.res_forward(&r, layer, rows, t, input, out_s, kept, time, scratch)
+                }
                 Op::Attn(a) => {
                     let g = self.attn_geom(a, layer, rows);
                     attn::forward(&g, &self.w, input, out_s, kept, bufs);
@@ -403,12 +413,22 @@ impl<T: Real + Default> UNetEngine<T> {
             &mut kept.a2[..cout * n],
         );
         let (n1, n2) = (r.norm1, r.norm2);
-        norm::forward(&self.gn(cin, layer, rows), &w[n1.p], &w[n1.p + 1], input, a, &mut kept.s1, true);
+        norm::forward(
+            &self.gn(cin, layer, rows),
+            &w[n1.p],
+            &w[n1.p + 1],
+            input,
+            a,
+            &mut kept.s1,
+            true,
+        );
         // conv1 with bias b1 + Linear(SiLU(temb))
         let tb = affine64(&w[r.temb], &w[r.temb + 1], &time.stemb);
         scratch.bias.clear();
         let b1 = &w[r.conv1.w + 1];
-        scratch.bias.extend(b1.iter().zip(&tb).map(|(b, t)| T::from_f64(b.to_f64() + t)));
+        scratch
+            .bias
+            .extend(b1.iter().zip(&tb).map(|(b, t)| T::from_f64(b.to_f64() + t)));
         let g1 = self.conv_geom(r.conv1, layer, rows);
         conv::forward(&g1, &w[r.conv1.w], &scratch.bias, a, h, false, bufs);
         let gn2 = self.gn(cout, layer, rows);
@@ -509,7 +529,12 @@ impl<T: Real + Default> UNetEngine<T> {
         assert_eq!(dx.len(), cot.len(), "backward: dx size");
         let mut grads = grads;
         let max = rows * self.plan.max_activation();
-        for b in [&mut scratch.g, &mut scratch.g2, &mut scratch.t1, &mut scratch.t2] {
+        for b in [
+            &mut scratch.g,
+            &mut scratch.g2,
+            &mut scratch.t1,
+            &mut scratch.t2,
+        ] {
             grow(b, max);
         }
         scratch.dstemb.clear();
@@ -531,7 +556,10 @@ impl<T: Real + Default> UNetEngine<T> {
             };
             let input = &input[..cin * n_in];
             if layer.push {
-                let s = scratch.stack.pop().expect("a skip cotangent for every push");
+                let s = scratch
+                    .stack
+                    .pop()
+                    .expect("a skip cotangent for every push");
                 for (a, b) in g[..cout * n_out].iter_mut().zip(&s) {
                     *a += *b;
                 }
@@ -542,7 +570,15 @@ impl<T: Real + Default> UNetEngine<T> {
                 Op::Conv(c) => {
                     let geom = self.conv_geom(c, layer, rows);
                     let gp = pair(&mut grads, c.w);
-                    conv::backward(&geom, &self.w[c.w], input, dy, Some((din, false)), gp, &mut scratch.conv);
+                    conv::backward(
+                        &geom,
+                        &self.w[c.w],
+                        input,
+                        dy,
+                        Some((din, false)),
+                        gp,
+                        &mut scratch.conv,
+                    );
                 }
                 Op::Res(r) => {
                     let s = &mut *scratch;
@@ -552,17 +588,47 @@ impl<T: Real + Default> UNetEngine<T> {
                     let geom = self.attn_geom(a, layer, rows);
                     let s = &mut *scratch;
                     let gr = grads.as_deref_mut();
-                    attn::backward(&geom, &self.w, input, kept, dy, din, gr, &mut s.attn, &mut s.conv, &mut s.gn);
+                    attn::backward(
+                        &geom,
+                        &self.w,
+                        input,
+                        kept,
+                        dy,
+                        din,
+                        gr,
+                        &mut s.attn,
+                        &mut s.conv,
+                        &mut s.gn,
+                    );
                 }
                 Op::Out(nm, c) => {
                     let geom = self.conv_geom(c, layer, rows);
                     let da = &mut scratch.t1[..cin * n_in];
                     let gp = pair(&mut grads, c.w);
-                    conv::backward(&geom, &self.w[c.w], &kept.a, dy, Some((&mut da[..], false)), gp, &mut scratch.conv);
+                    conv::backward(
+                        &geom,
+                        &self.w[c.w],
+                        &kept.a,
+                        dy,
+                        Some((&mut da[..], false)),
+                        gp,
+                        &mut scratch.conv,
+                    );
                     let gn = self.gn(cin, layer, rows);
                     let gp = pair(&mut grads, nm.p);
                     let (gamma, beta) = (&self.w[nm.p], &self.w[nm.p + 1]);
-                    norm::backward(&gn, gamma, beta, input, &kept.s1, da, (din, false), gp, true, &mut scratch.gn);
+                    norm::backward(
+                        &gn,
+                        gamma,
+                        beta,
+                        input,
+                        &kept.s1,
+                        da,
+                        (din, false),
+                        gp,
+                        true,
+                        &mut scratch.gn,
+                    );
                 }
             }
             if layer.skip > 0 {
@@ -605,7 +671,15 @@ impl<T: Real + Default> UNetEngine<T> {
         let g2 = self.conv_geom(r.conv2, layer, rows);
         let da2 = &mut t1[..cout * n];
         let gp = pair(grads, r.conv2.w);
-        conv::backward(&g2, &w[r.conv2.w], &kept.a2, dy, Some((&mut da2[..], false)), gp, &mut s.conv);
+        conv::backward(
+            &g2,
+            &w[r.conv2.w],
+            &kept.a2,
+            dy,
+            Some((&mut da2[..], false)),
+            gp,
+            &mut s.conv,
+        );
         if let Some(mask) = Mask::new(self.seed, tape.t, r.id, self.cfg.dropout) {
             mask.apply(da2, cout, rows, hw);
         }
@@ -613,7 +687,18 @@ impl<T: Real + Default> UNetEngine<T> {
         let dh = &mut t2[..cout * n];
         let gp = pair(grads, n2.p);
         let gn2 = self.gn(cout, layer, rows);
-        norm::backward(&gn2, &w[n2.p], &w[n2.p + 1], &kept.h, &kept.s2, da2, (&mut dh[..], false), gp, true, &mut s.gn);
+        norm::backward(
+            &gn2,
+            &w[n2.p],
+            &w[n2.p + 1],
+            &kept.h,
+            &kept.s2,
+            da2,
+            (&mut dh[..], false),
+            gp,
+            true,
+            &mut s.gn,
+        );
         // the time projection: its cotangent is Σ_pixels d(h) per channel
         if grads.is_some() {
             s.sums.clear();
@@ -627,11 +712,30 @@ impl<T: Real + Default> UNetEngine<T> {
         let g1 = self.conv_geom(r.conv1, layer, rows);
         let da1 = &mut t1[..cin * n];
         let gp = pair(grads, r.conv1.w);
-        conv::backward(&g1, &w[r.conv1.w], &kept.a, dh, Some((&mut da1[..], false)), gp, &mut s.conv);
+        conv::backward(
+            &g1,
+            &w[r.conv1.w],
+            &kept.a,
+            dh,
+            Some((&mut da1[..], false)),
+            gp,
+            &mut s.conv,
+        );
         let n1 = r.norm1;
         let gp = pair(grads, n1.p);
         let gn1 = self.gn(cin, layer, rows);
-        norm::backward(&gn1, &w[n1.p], &w[n1.p + 1], input, &kept.s1, da1, (&mut din[..], false), gp, true, &mut s.gn);
+        norm::backward(
+            &gn1,
+            &w[n1.p],
+            &w[n1.p + 1],
+            input,
+            &kept.s1,
+            da1,
+            (&mut din[..], false),
+            gp,
+            true,
+            &mut s.gn,
+        );
         match r.shortcut {
             Some(c) => {
                 let gs = self.conv_geom(c, layer, rows);
@@ -762,14 +866,27 @@ mod tests {
         let mut rng = Rng::new(5);
         let net = UNet::new(&cfg, DType::F32, &Device::Cpu, &mut rng).unwrap();
         for (_, v) in net.vars() {
-            let z: Vec<f32> = rng.normals(v.elem_count()).iter().map(|a| *a as f32 * 0.3).collect();
-            v.set(&Tensor::from_vec(z, v.dims(), &Device::Cpu).unwrap()).unwrap();
+            let z: Vec<f32> = rng
+                .normals(v.elem_count())
+                .iter()
+                .map(|a| *a as f32 * 0.3)
+                .collect();
+            v.set(&Tensor::from_vec(z, v.dims(), &Device::Cpu).unwrap())
+                .unwrap();
         }
         net.set_dropout_seed(Some(9));
         let e = UNetEngine::<f32>::new(&net).unwrap();
         let rows = 3;
-        let x: Vec<f32> = rng.normals(rows * cfg.dim()).iter().map(|v| *v as f32).collect();
-        let cot: Vec<f32> = rng.normals(rows * cfg.dim()).iter().map(|v| *v as f32).collect();
+        let x: Vec<f32> = rng
+            .normals(rows * cfg.dim())
+            .iter()
+            .map(|v| *v as f32)
+            .collect();
+        let cot: Vec<f32> = rng
+            .normals(rows * cfg.dim())
+            .iter()
+            .map(|v| *v as f32)
+            .collect();
         let run = |isa: Isa| {
             let (mut tape, mut scratch) = (UNetTape::default(), UNetScratch::default());
             let (mut y, mut dx) = (vec![0.0f32; x.len()], vec![0.0f32; x.len()]);

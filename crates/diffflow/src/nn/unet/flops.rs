@@ -91,7 +91,8 @@ pub fn unet_gemms(cfg: &UNetConfig, rows: usize, elem: usize) -> UNetGemms {
                 let (c, n) = (a.norm.c, l.h * l.w);
                 for _ in 0..rows {
                     out.forward.extend([(n, n, c), (c, n, n)]);
-                    out.input.extend([(n, n, c), (c, n, n), (c, n, n), (c, n, n)]);
+                    out.input
+                        .extend([(n, n, c), (c, n, n), (c, n, n), (c, n, n)]);
                 }
                 vec![a.q, a.k, a.v, a.proj]
             }
@@ -144,9 +145,7 @@ mod tests {
         assert_eq!(fwd, unet_forward_flops(&cfg, rows));
         let back = counted(&mut || e.backward(&tape, &x, &mut dx, None, &mut scratch));
         assert_eq!(back, unet_pullback_flops(&cfg, rows, false));
-        let full = counted(&mut || {
-            e.backward(&tape, &x, &mut dx, Some(&mut grads), &mut scratch)
-        });
+        let full = counted(&mut || e.backward(&tape, &x, &mut dx, Some(&mut grads), &mut scratch));
         assert_eq!(full, unet_pullback_flops(&cfg, rows, true));
         // The list of GEMM shapes adds up to the same counts.
         let flops = |v: &[(usize, usize, usize)]| -> u64 {

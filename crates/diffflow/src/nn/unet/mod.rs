@@ -62,7 +62,9 @@ impl UNet {
             let v: Vec<f64> = match p.init {
                 Init::Uniform { fan_in } => {
                     let bound = 1.0 / (fan_in as f64).sqrt();
-                    (0..n).map(|_| (2.0 * rng.uniform() - 1.0) * bound).collect()
+                    (0..n)
+                        .map(|_| (2.0 * rng.uniform() - 1.0) * bound)
+                        .collect()
                 }
                 Init::Zeros => vec![0.0; n],
                 Init::Ones => vec![1.0; n],

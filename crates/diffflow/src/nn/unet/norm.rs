@@ -130,7 +130,10 @@ impl Gn {
     #[inline(always)]
     fn affine<T: Real>(gamma: T, beta: T, (mean, rstd): (f64, f64)) -> (T, T) {
         let scale = gamma.to_f64() * rstd;
-        (T::from_f64(scale), T::from_f64(beta.to_f64() - mean * scale))
+        (
+            T::from_f64(scale),
+            T::from_f64(beta.to_f64() - mean * scale),
+        )
     }
 }
 

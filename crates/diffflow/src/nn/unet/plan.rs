@@ -95,7 +95,9 @@ impl Layer {
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) enum Init {
     /// Uniform in `±1/√fan_in` (PyTorch's default for Linear and Conv2d).
-    Uniform { fan_in: usize },
+    Uniform {
+        fan_in: usize,
+    },
     Zeros,
     Ones,
 }

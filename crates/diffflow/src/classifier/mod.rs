@@ -12,15 +12,17 @@
 
 use crate::checkpoint::{self, TensorFile};
 use crate::metrics::frechet::{frechet_distance_stats, FeatureStats};
-use crate::nn::lenet::{LeNet, CLASSES, FEATURES, INPUT};
+pub mod lenet;
+
 use crate::par::par_map;
 use crate::{Error, Result};
 use candle_core::{DType, Device, Tensor, D};
+use lenet::{LeNet, CLASSES, FEATURES, INPUT};
 use std::path::Path;
 
 /// The shipped weights (`assets/lenet/lenet_mnist.safetensors`; how they were made:
 /// `assets/lenet/README.md`).
-const WEIGHTS: &[u8] = include_bytes!("../assets/lenet/lenet_mnist.safetensors");
+const WEIGHTS: &[u8] = include_bytes!("../../assets/lenet/lenet_mnist.safetensors");
 
 /// Images per forward pass.
 pub const CHUNK: usize = 500;
