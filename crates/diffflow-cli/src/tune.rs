@@ -640,7 +640,7 @@ fn report(plan: &Plan, done: &BTreeMap<String, Record>) -> Report {
         for set in f.sets(plan) {
             let seeds = f.seeds(plan);
             let base = cells(plan, done, set, seeds, "");
-            let _ = writeln!(t, "{set}:\n\n{header}");
+            let _ = write!(t, "{set}:\n\n{header}");
             let base_label = format!(
                 "base{}",
                 f.base_label

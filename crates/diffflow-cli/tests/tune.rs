@@ -84,6 +84,8 @@ fn a_study_runs_reports_and_resumes() {
         assert!(table.contains(want), "'{want}' in:\n{table}");
     }
     assert!(!table.contains("not run yet"), "{table}");
+    // Markdown tables: the rows follow the header at once (a blank line ends a table).
+    assert!(table.contains("|---|---|---|---|---|---|---|---|\n| base"), "{table}");
     let r: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
     let recs = r.as_array().unwrap();
