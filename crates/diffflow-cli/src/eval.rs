@@ -36,13 +36,18 @@ pub struct EvalArgs {
     /// Fresh points of a built-in 2-D data set instead (drawn with --seed).
     #[arg(long)]
     dataset: Option<String>,
-    /// Number of points evaluated (default: 5000 for --dataset and the held-out points, all
-    /// rows of a --data file).
+    /// Number of points evaluated (default: 5000 for --dataset and the held-out points, 200
+    /// test images of an image run, all rows of a --data file).
     #[arg(long, alias = "n")]
     points: Option<usize>,
-    /// Divergence of the probability-flow ODE: exact or hutchinson.
-    #[arg(long, default_value = "exact")]
-    method: String,
+    /// Divergence of the probability-flow ODE: exact or hutchinson (default: exact;
+    /// hutchinson for image runs).
+    #[arg(long)]
+    method: Option<String>,
+    /// Image runs of 28x28 grey images: samples drawn (with the run's sampler) for the FID
+    /// of LeNet features against the run's test images and the class balance (0: skip).
+    #[arg(long, default_value_t = 1000)]
+    fid_samples: usize,
     /// Hutchinson probes per point (kept fixed through the solve, results averaged).
     #[arg(long, default_value_t = 1)]
     probes: usize,
@@ -133,6 +138,8 @@ pub struct Report {
     /// What the numbers mean beyond the obvious (dequantisation, dropped columns).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<ImageReport>,
     /// Per-point NLL and negative ELBO, data units (for --per-sample).
     #[serde(skip)]
     pub per_sample: Vec<[f64; 2]>,
@@ -179,6 +186,7 @@ impl Report {
             checkpoint: String::new(),
             log_abs_det: ev.log_abs_det,
             notes: Vec::new(),
+            image: None,
             per_sample: ev.per_point.clone(),
         }
     }
@@ -191,7 +199,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let seed = args.seed.unwrap_or(cfg.train.seed);
     let deq = args.dequantize.parse::<Dequantize>()?;
     let mut notes = model.columns.as_ref().map(column_notes).unwrap_or_default();
-    if args.split.is_some() && cfg.data.file.is_none() {
+    if args.split.is_some() && cfg.data.file.is_none() && cfg.data.image.is_none() {
         bail!("--split needs a run trained on a data file (built-in sets have test points only)");
     }
     let (x, what) = match (&args.data, &args.dataset) {
@@ -228,9 +236,12 @@ pub fn run(args: EvalArgs) -> Result<()> {
             if x.is_empty() {
                 bail!("the run has no {split} points: give --data or --dataset");
             }
-            let n = args.points.unwrap_or(5000).min(x.len() / d);
+            // Images: each point is an ODE solve through two U-Nets.
+            let default = if model.image().is_some() { 200 } else { 5000 };
+            let n = args.points.unwrap_or(default).min(x.len() / d);
             x.truncate(n * d);
-            let name = match (cfg.data.file.is_some(), val) {
+            let split_data = cfg.data.file.is_some() || cfg.data.image.is_some();
+            let name = match (split_data, val) {
                 (false, _) => "held-out points",
                 (true, true) => "validation split",
                 (true, false) => "test split",
@@ -238,7 +249,12 @@ pub fn run(args: EvalArgs) -> Result<()> {
             (x, format!("{} {name} of {}", n, cfg.data.dataset))
         }
     };
-    let divergence = match args.method.as_str() {
+    let default_method = if model.image().is_some() {
+        "hutchinson"
+    } else {
+        "exact"
+    };
+    let divergence = match args.method.as_deref().unwrap_or(default_method) {
         "exact" => Divergence::Exact,
         "hutchinson" => Divergence::Hutchinson {
             probes: args.probes,
@@ -308,6 +324,33 @@ pub fn run(args: EvalArgs) -> Result<()> {
         .map(|f| f.to_string_lossy().into_owned())
         .unwrap_or_default();
     report.notes = notes;
+    if let Some((shape, levels)) = model.image() {
+        let bits = |nats: f64| nats / (d as f64 * std::f64::consts::LN_2);
+        report.image = Some(ImageReport {
+            shape: shape.to_string(),
+            levels,
+            bits_per_dim_stderr: bits(report.nll_stderr),
+            elbo_bits_per_dim_stderr: report.elbo_stderr.map(bits),
+            quality: None,
+        });
+        if args.fid_samples > 0 && crate::images::judged(shape) {
+            let reference = model.held_out(false)?;
+            let mut rng = Rng::stream(seed, Stream::Sample);
+            let x = model
+                .sample(
+                    args.fid_samples,
+                    &model.default_sampler(),
+                    diffflow::sample::SAMPLE_CHUNK,
+                    threads,
+                    &mut rng,
+                )?
+                .x;
+            let q = crate::images::quality(&model, &x, &reference, threads)?;
+            if let Some(img) = report.image.as_mut() {
+                img.quality = Some(q);
+            }
+        }
+    }
     if let Some(path) = &args.per_sample {
         write_per_sample(path, &report)
             .with_context(|| format!("cannot write {}", path.display()))?;
@@ -348,6 +391,17 @@ fn write_per_sample(path: &Path, r: &Report) -> Result<()> {
         _ => bail!("unknown extension (expected .csv or .npy)"),
     }
     Ok(())
+}
+
+/// What `eval` adds for an image run: the standard errors in bits/dim and, for 28x28 grey
+/// images, the LeNet judge's view of samples.
+#[derive(Serialize)]
+pub struct ImageReport {
+    pub shape: String,
+    pub levels: u32,
+    pub bits_per_dim_stderr: f64,
+    pub elbo_bits_per_dim_stderr: Option<f64>,
+    pub quality: Option<crate::images::Quality>,
 }
 
 /// Writes to stdout; a closed pipe (`| head`) is not an error.
@@ -421,6 +475,33 @@ fn format_report(r: &Report) -> String {
         "time {:.2} s (NLL {:.2} s, ELBO {:.2} s)",
         r.seconds, r.seconds_nll, r.seconds_elbo
     );
+    if let Some(img) = &r.image {
+        let _ = writeln!(
+            o,
+            "images {} ({} levels), {} test images: bits/dim {:.4} ± {:.4} (probability flow){}",
+            img.shape,
+            img.levels,
+            r.n,
+            r.bits_per_dim,
+            img.bits_per_dim_stderr,
+            match (r.elbo_bits_per_dim, img.elbo_bits_per_dim_stderr) {
+                (Some(b), Some(se)) => format!(", {b:.4} ± {se:.4} (negative ELBO)"),
+                _ => String::new(),
+            }
+        );
+        if let Some(q) = &img.quality {
+            let _ = writeln!(
+                o,
+                "FID (LeNet features) {:.3} of {} samples against {} test images; predicted \
+                 classes KL to uniform {:.4} nats, mean max probability {:.3}",
+                q.fid_lenet,
+                q.samples,
+                q.reference,
+                q.balance.kl_to_uniform,
+                q.balance.mean_max_prob
+            );
+        }
+    }
     for n in &r.notes {
         let _ = writeln!(o, "note: {n}");
     }

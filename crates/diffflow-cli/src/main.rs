@@ -3,7 +3,9 @@
 mod bench;
 mod bench_tabular;
 mod compare;
+mod compare_images;
 mod eval;
+mod images;
 mod plot;
 mod progress;
 mod run_args;
@@ -40,6 +42,9 @@ enum Command {
     Tune(tune::TuneArgs),
     /// DiffFlow against DDPM and a CNF on the 2-D sets (Figures 4-5, NLL and sample quality).
     Compare(compare::CompareArgs),
+    /// DiffFlow against DDPM (L_s) on images: U-Nets at matched parameters and budget,
+    /// sample grids, bits/dim, FID (LeNet features) and FID against the sampling N.
+    CompareImages(compare_images::CompareImagesArgs),
     /// Measure training and sampling speed, GEMM throughput and peak memory.
     Bench(bench::BenchArgs),
 }
@@ -53,6 +58,7 @@ fn main() -> ExitCode {
         Command::BenchTabular(args) => bench_tabular::run(args),
         Command::Tune(args) => tune::run(args),
         Command::Compare(args) => compare::run(args),
+        Command::CompareImages(args) => compare_images::run(args),
         Command::Bench(args) => bench::run(args),
     };
     match result {

@@ -42,9 +42,13 @@ pub struct SampleArgs {
     /// Grid exponent beta (overrides --grid's).
     #[arg(long)]
     beta: Option<f64>,
-    /// Replace the last step by Tweedie's denoising step.
-    #[arg(long)]
+    /// Replace the last step by Tweedie's denoising step (the default of runs whose
+    /// configuration says so, e.g. the image presets).
+    #[arg(long, conflicts_with = "no_tweedie")]
     tweedie: bool,
+    /// No Tweedie step, even where the run's configuration has one.
+    #[arg(long)]
+    no_tweedie: bool,
     /// Integrator: sde (Euler–Maruyama of SDE(λ)), or rk4 / dopri5 on the probability-flow
     /// ODE (λ = 0).
     #[arg(long, default_value = "sde")]
@@ -106,9 +110,10 @@ pub fn run(args: SampleArgs) -> Result<()> {
     }
     let cfg = &model.cfg;
     let d = model.dim();
-    if format == Format::Png && d != 2 {
+    if format == Format::Png && d != 2 && model.image().is_none() {
         bail!(
-            "--out {}: a picture needs 2-D samples, the model has dimension {d} (use .csv or .npy)",
+            "--out {}: a picture needs 2-D samples or an image run, the model has dimension \
+             {d} (use .csv or .npy)",
             args.out.display()
         );
     }
@@ -123,18 +128,15 @@ pub fn run(args: SampleArgs) -> Result<()> {
     let steps = model.grid(n_steps, layout, args.beta, &mut rng)?;
     let (sampler, how) = match args.solver.as_str() {
         "sde" => {
+            let tweedie = args.tweedie || (cfg.sample.tweedie && !args.no_tweedie);
             let how = format!(
                 "SDE lambda = {lambda}, N = {n_steps}{}",
-                if args.tweedie {
-                    ", Tweedie last step"
-                } else {
-                    ""
-                }
+                if tweedie { ", Tweedie last step" } else { "" }
             );
             let sampler = Sampler::Sde {
                 lambda,
                 steps,
-                tweedie: args.tweedie,
+                tweedie,
             };
             (sampler, how)
         }
@@ -176,6 +178,18 @@ pub fn run(args: SampleArgs) -> Result<()> {
         }
         _ => how,
     };
+    if format == Format::Png && model.image().is_some() {
+        let title = format!("{} samples ({how})", model.kind());
+        crate::images::write_grid(&model, &samples.x, &args.out, &title)
+            .with_context(|| format!("cannot write {}", args.out.display()))?;
+        eprintln!(
+            "{} samples ({} in the grid) in {secs:.2} s ({how}) -> {}",
+            args.n,
+            args.n.min(crate::images::GRID),
+            args.out.display()
+        );
+        return Ok(());
+    }
     let (data, width) = model.file_rows(&samples.x, args.quantize)?;
     let names = model.columns.as_ref().and_then(|c| c.names.clone());
     write(&args.out, format, &data, width, names, &how)

@@ -9,6 +9,7 @@ use diffflow::baselines::cnf::Trace;
 use diffflow::checkpoint::atomic_write;
 use diffflow::config::{ModelKind, NanAction, Precision, Preset, RunConfig, Weights};
 use diffflow::data::source::{Dequantize, FileSource};
+use diffflow::data::{ImageDataset, ImageSource};
 use diffflow::model::{Model, BEST_FILE, CONFIG_FILE, MODEL_FILE};
 use diffflow::rng::{Rng, Stream};
 use diffflow::sde::{Diffusion, GridKind, StepsSchedule};
@@ -26,6 +27,7 @@ pub const EXIT_INTERRUPTED: u8 = 130;
 const RUN_FLAGS: &[&str] = &[
     "model",
     "dataset",
+    "data_dir",
     "preset",
     "config",
     "out",
@@ -100,10 +102,16 @@ pub struct TrainArgs {
     #[arg(long, value_name = "KIND", default_value = "diffflow")]
     model: String,
     /// Built-in 2-D data set (default rings): olympic, rings, tree, sierpinski,
-    /// sierpinski_hard, 2spirals, checkerboard, 8gaussians, moons, pinwheel, swissroll. With
+    /// sierpinski_hard, 2spirals, checkerboard, 8gaussians, moons, pinwheel, swissroll; or an
+    /// image set: mnist, fashion-mnist (from --data-dir; implies --preset mnist) or
+    /// digits-images (the built-in 8x8 digits; implies --preset digits-images). With
     /// --config, replaces the file's data set.
     #[arg(long)]
     dataset: Option<String>,
+    /// Folder of the image set's IDX files (train-images-idx3-ubyte, train-labels-idx1-ubyte,
+    /// t10k-…, each optionally .gz); nothing is downloaded.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
     /// Train on a data file instead of a built-in set: .csv, .tsv, .txt or .npy (f32/f64/int,
     /// C order), optionally .gz; one point per row. Constant columns are dropped, integer
     /// columns dequantised (see --dequantize), the rest standardised with statistics of the
@@ -154,7 +162,9 @@ pub struct TrainArgs {
     #[arg(long, value_name = "P")]
     patience: Option<usize>,
     /// Start from a named configuration: quick (minutes on 2 cores; the default), paper-2d
-    /// (the authors' 2-D setup) or tabular (data files; the default with --data).
+    /// (the authors' 2-D setup), tabular (data files; the default with --data), mnist
+    /// (U-Nets on MNIST, CPU-sized; needs --data-dir) or digits-images (tiny U-Nets on the
+    /// built-in 8x8 digits, seconds).
     #[arg(long)]
     preset: Option<String>,
     /// Read the whole configuration from a TOML file (as written to config.toml); flags
@@ -234,12 +244,23 @@ impl TrainArgs {
     /// dimension (the tabular preset without --width or --config). A baseline's net is sized
     /// to DiffFlow's once the data are read (see [`start`]).
     fn config(&self) -> Result<(RunConfig, bool)> {
-        let preset = match (&self.preset, &self.data) {
-            (Some(p), _) => p.parse::<Preset>()?,
-            (None, Some(_)) => Preset::Tabular,
-            (None, None) => Preset::Quick,
+        let image_set = self
+            .dataset
+            .as_deref()
+            .and_then(|d| d.parse::<ImageDataset>().ok());
+        let preset = match (&self.preset, &self.data, image_set) {
+            (Some(p), _, _) => p.parse::<Preset>()?,
+            (None, Some(_), _) => Preset::Tabular,
+            (None, None, Some(ImageDataset::Digits)) => Preset::DigitsImages,
+            (None, None, Some(_)) => Preset::Mnist,
+            (None, None, None) => Preset::Quick,
         };
-        let dataset = self.dataset.as_deref().unwrap_or("rings");
+        let dataset = self.dataset.as_deref().unwrap_or(match preset {
+            Preset::Mnist => "mnist",
+            Preset::DigitsImages => "digits-images",
+            _ => "rings",
+        });
+        let image_set = image_set.or_else(|| dataset.parse::<ImageDataset>().ok());
         let mut c = match &self.config {
             Some(p) => {
                 let text = std::fs::read_to_string(p)
@@ -260,6 +281,24 @@ impl TrainArgs {
         } else if self.config.is_none() || self.dataset.is_some() {
             c.data.dataset = dataset.to_string();
             c.data.file = None;
+            c.data.image = match image_set {
+                Some(set) if c.data.image.as_ref().is_some_and(|i| i.set == set) => c.data.image,
+                Some(set) => Some(ImageSource::new(set, None)),
+                None => None,
+            };
+        }
+        if let Some(dir) = &self.data_dir {
+            let Some(img) = c.data.image.as_mut() else {
+                bail!("--data-dir is the folder of an image set: give --dataset mnist or fashion-mnist");
+            };
+            if !img.set.needs_dir() {
+                bail!("--data-dir: {} is built in and takes no folder", img.set);
+            }
+            // Absolute, so that the run resumes and evaluates from any folder.
+            img.dir = Some(
+                std::fs::canonicalize(dir)
+                    .with_context(|| format!("cannot read --data-dir {}", dir.display()))?,
+            );
         }
         self.apply_file_flags(&mut c)?;
         let v = &mut c.train.validation;
@@ -278,6 +317,9 @@ impl TrainArgs {
         let t = &mut c.train;
         if let Some(v) = self.iters {
             t.iters = v;
+            if preset == Preset::Mnist && self.config.is_none() && self.steps.is_none() {
+                t.steps = diffflow::config::progressive(v);
+            }
         }
         if let Some(v) = self.batch {
             t.batch = v;
@@ -315,6 +357,9 @@ impl TrainArgs {
                 "f64" => Precision::F64,
                 _ => bail!("unknown precision '{v}' (expected f32 or f64)"),
             };
+        }
+        if m.unet.is_some() && (self.width.is_some() || self.depth.is_some()) {
+            bail!("--width and --depth size MLPs; this run's nets are U-Nets (model.unet in a --config)");
         }
         if let Some(v) = self.width {
             m.net.width = v;
@@ -594,7 +639,7 @@ fn start(args: &TrainArgs) -> Result<(Trainer, PathBuf)> {
     if let Some(v) = &args.cnf_trace {
         cfg.train.cnf_trace = v.parse::<Trace>()?;
     }
-    if cfg.data.file.is_some() {
+    if cfg.data.file.is_some() || cfg.data.image.is_some() {
         // Recorded for people reading config.toml.
         cfg.data.train_size = data.len();
         cfg.data.test_size = data.test.len() / data.dim;
@@ -653,16 +698,22 @@ fn install_stop_handler() -> Result<Arc<AtomicBool>> {
     Ok(stop)
 }
 
-/// Held-out points evaluated at the end of training.
+/// Held-out points evaluated at the end of training (image runs: 200, as each costs an ODE
+/// solve through two U-Nets; `diffflow eval` measures more).
 const HELD_OUT_POINTS: usize = 2000;
+const HELD_OUT_IMAGES: usize = 200;
 
 /// Probability-flow NLL and (not for a CNF) negative ELBO of (up to 2000) held-out points
 /// with the sampling weights of the best checkpoint (with validation) or the final model,
 /// appended to `metrics.jsonl`.
 fn write_held_out(trainer: &Trainer, out: &Path) -> Result<()> {
-    let bars = crate::progress::EvalBars::new(trainer.data.test.len() / trainer.data.dim.max(1));
-    let Some((rec, ev)) =
-        trainer.evaluate_held_out(out, HELD_OUT_POINTS, &|phase, k| bars.inc(phase, k))?
+    let points = match trainer.cfg.data.image {
+        Some(_) => HELD_OUT_IMAGES,
+        None => HELD_OUT_POINTS,
+    };
+    let n = (trainer.data.test.len() / trainer.data.dim.max(1)).min(points);
+    let bars = crate::progress::EvalBars::new(n);
+    let Some((rec, ev)) = trainer.evaluate_held_out(out, points, &|phase, k| bars.inc(phase, k))?
     else {
         return Ok(());
     };
@@ -704,6 +755,9 @@ fn write_samples(trainer: &Trainer, out: &Path) -> Result<()> {
             &mut rng,
         )?
         .x;
+    if model.image().is_some() {
+        return crate::images::write_run_pictures(trainer, &model, &samples, out);
+    }
     let d = trainer.data.dim;
     let mut data = if trainer.data.test.is_empty() {
         trainer.data.train[..trainer.data.train.len().min(d * cfg.sample.n)].to_vec()

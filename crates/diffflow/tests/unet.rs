@@ -121,7 +121,8 @@ fn engine_vs_autograd(net: &UNet, rows: usize, t: f64, seed: u64) -> (f64, f64, 
     let y1 = fast.eval_keep(&x, t).unwrap();
     let y0 = fast.eval(&x, t).unwrap(); // must not disturb the kept evaluation
     let y2 = auto.eval_keep(&x, t).unwrap();
-    let ey = rel_err(std::slice::from_ref(&y1), std::slice::from_ref(&y2)).max(rel_err(&[y0], &[y2]));
+    let ey =
+        rel_err(std::slice::from_ref(&y1), std::slice::from_ref(&y2)).max(rel_err(&[y0], &[y2]));
     let dx1 = fast.pullback(&cot, true).unwrap();
     let dx2 = auto.pullback(&cot, true).unwrap();
     let ex = rel_err(&[dx1], &[dx2]);

@@ -4,13 +4,13 @@
 
 mod presets;
 
-pub use presets::{default_threads, tabular_width, Preset};
+pub use presets::{default_threads, matched_unet, progressive, tabular_width, Preset};
 
 use crate::adjoint::GradMethod;
 use crate::baselines::cnf::Trace;
 use crate::baselines::ddpm::VpSchedule;
 pub use crate::data::DataConfig;
-use crate::nn::MlpConfig;
+use crate::nn::{MlpConfig, UNetConfig};
 use crate::optim::AdamConfig;
 use crate::sde::{Diffusion, GridKind, GridSpec, StepsSchedule};
 use crate::validation::{ValMetric, ValidationConfig};
@@ -214,8 +214,13 @@ pub struct ModelConfig {
     pub kind: ModelKind,
     /// Precision of weights and states.
     pub precision: Precision,
-    /// Drift and score architecture (the same for both, separate weights).
+    /// Drift and score architecture (the same for both, separate weights) when they are
+    /// MLPs; unused when `unet` is given.
     pub net: MlpConfig,
+    /// The nets are U-Nets of this architecture (images) instead of MLPs. Absent from MLP
+    /// runs, so their files are as before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unet: Option<UNetConfig>,
     /// Diffusion coefficient g(t).
     pub g: Diffusion,
     /// Time interval and grid exponent.
@@ -312,6 +317,32 @@ pub struct SampleConfig {
     pub lambda: f64,
     /// EMA or live weights.
     pub weights: Weights,
+    /// The last step of the run's sampler is Tweedie's denoising step (absent: no).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub tweedie: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+impl ModelConfig {
+    /// Trainable parameters of one net (MLP or U-Net) for data of dimension `dim`.
+    pub fn net_params(&self, dim: usize) -> usize {
+        match &self.unet {
+            Some(u) => u.num_params(),
+            None => self.net.num_params(dim),
+        }
+    }
+
+    /// The image shape `C x H x W` of a U-Net model.
+    pub fn image_shape(&self) -> Option<crate::data::ImageShape> {
+        self.unet.as_ref().map(|u| crate::data::ImageShape {
+            channels: u.channels,
+            height: u.height,
+            width: u.width,
+        })
+    }
 }
 
 /// Everything that defines a run.
@@ -460,9 +491,10 @@ impl RunConfig {
         self.model.g.validate(self.model.grid.t_max)?;
         self.validate_kind()?;
         self.model.net.validate()?;
-        if let Some(f) = &self.data.file {
-            f.validate()?;
+        if let Some(u) = &self.model.unet {
+            u.validate()?;
         }
+        self.data.validate_sources(self.model.image_shape())?;
         t.validation.validate()?;
         Ok(())
     }
@@ -502,6 +534,17 @@ impl RunConfig {
             }
         }
         if kind == ModelKind::Cnf {
+            if self.model.unet.is_some() {
+                return Err(Error::config(
+                    "model.unet: the CNF is not built on U-Nets (its training solve needs the \
+                     divergence of every step; use diffflow or ddpm-ls on images)",
+                ));
+            }
+            if self.sample.tweedie {
+                return Err(Error::config(
+                    "sample.tweedie: a CNF is deterministic, it has no Tweedie step",
+                ));
+            }
             if self.sample.lambda != 0.0 {
                 return Err(Error::config(format!(
                     "sample.lambda = {}: a CNF is deterministic, it is sampled by its ODE \

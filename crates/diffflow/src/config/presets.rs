@@ -7,7 +7,8 @@ use super::{
 };
 use crate::adjoint::GradMethod;
 use crate::baselines::cnf::Trace;
-use crate::nn::{MlpConfig, ParamKnob};
+use crate::data::{ImageDataset, ImageSource};
+use crate::nn::{MlpConfig, ParamKnob, UNetConfig};
 use crate::optim::AdamConfig;
 use crate::sde::{Diffusion, GridKind, GridSpec, StepsSchedule};
 use crate::validation::{ValMetric, ValidationConfig};
@@ -24,6 +25,10 @@ pub enum Preset {
     Paper2d,
     /// Tabular data files: see [`RunConfig::preset`] and [`tabular_width`].
     Tabular,
+    /// MNIST (or Fashion-MNIST) on two CPU cores with U-Nets: see [`RunConfig::preset`].
+    Mnist,
+    /// The built-in 8x8 digits with tiny U-Nets: seconds per run (demo and tests).
+    DigitsImages,
 }
 
 impl std::str::FromStr for Preset {
@@ -33,15 +38,20 @@ impl std::str::FromStr for Preset {
             "quick" => Ok(Preset::Quick),
             "paper-2d" => Ok(Preset::Paper2d),
             "tabular" => Ok(Preset::Tabular),
+            "mnist" => Ok(Preset::Mnist),
+            "digits-images" => Ok(Preset::DigitsImages),
             _ => Err(Error::config(format!(
-                "unknown preset '{s}' (expected quick, paper-2d or tabular)"
+                "unknown preset '{s}' (expected quick, paper-2d, tabular, mnist or \
+                 digits-images)"
             ))),
         }
     }
 }
 
 impl RunConfig {
-    /// The configuration of a preset for `dataset`.
+    /// The configuration of a preset for `dataset` (the image presets: `fashion-mnist`
+    /// selects Fashion-MNIST, anything else MNIST; the folder is set afterwards,
+    /// `data.image.dir`).
     pub fn preset(preset: Preset, dataset: &str) -> Self {
         match preset {
             Preset::Paper2d => RunConfig {
@@ -51,11 +61,13 @@ impl RunConfig {
                     train_size: 500_000,
                     test_size: 10_000,
                     file: None,
+                    image: None,
                 },
                 model: ModelConfig {
                     kind: ModelKind::DiffFlow,
                     precision: Precision::F32,
                     net: MlpConfig::paper_2d(),
+                    unet: None,
                     g: Diffusion::Constant { value: 0.2 },
                     grid: GridSpec {
                         t_min: 0.001,
@@ -94,6 +106,7 @@ impl RunConfig {
                     lambda: 1.0,
                     // The authors sample their 2-D models from the live weights.
                     weights: Weights::Live,
+                    tweedie: false,
                 },
             },
             Preset::Quick => {
@@ -112,6 +125,18 @@ impl RunConfig {
                 c
             }
             Preset::Tabular => tabular(RunConfig::preset(Preset::Quick, dataset)),
+            Preset::Mnist => {
+                let set = if dataset == ImageDataset::FashionMnist.name() {
+                    ImageDataset::FashionMnist
+                } else {
+                    ImageDataset::Mnist
+                };
+                images(RunConfig::preset(Preset::Quick, set.name()), set)
+            }
+            Preset::DigitsImages => digits_images(images(
+                RunConfig::preset(Preset::Quick, ImageDataset::Digits.name()),
+                ImageDataset::Digits,
+            )),
         }
     }
 
@@ -140,6 +165,7 @@ impl RunConfig {
                     beta: 0.9,
                 };
                 self.sample.steps = Some(100);
+                self.sample.tweedie = false;
             }
             ModelKind::Cnf => {
                 self.model.grid = GridSpec {
@@ -155,6 +181,10 @@ impl RunConfig {
             }
         }
         self.model.net = self.model.net.rescale_time(t_from, self.model.grid.t_max);
+        if let Some(u) = &mut self.model.unet {
+            // The embedding sees the same range of `time_scale · t`.
+            u.time_scale *= t_from / self.model.grid.t_max;
+        }
         self
     }
 
@@ -168,8 +198,13 @@ impl RunConfig {
             return;
         }
         if match_params {
-            let target = 2 * self.model.net.num_params(d);
-            self.model.net = self.model.net.matched(d, target, ParamKnob::Width);
+            match &mut self.model.unet {
+                Some(u) => *u = matched_unet(u, 2 * u.num_params()),
+                None => {
+                    let target = 2 * self.model.net.num_params(d);
+                    self.model.net = self.model.net.matched(d, target, ParamKnob::Width);
+                }
+            }
         }
         if self.model.kind == ModelKind::Cnf && d > 8 {
             self.train.cnf_trace = Trace::Hutchinson;
@@ -219,6 +254,94 @@ fn tabular(mut c: RunConfig) -> RunConfig {
     c.sample.n = 2000;
     c.sample.weights = Weights::Ema;
     c
+}
+
+/// The image presets' common part, in the spirit of the authors' MNIST setup (issue 12):
+/// two U-Nets ([`UNetConfig::mnist_cpu`], 280,177 parameters each), g = 1 constant on
+/// `[0.001, 0.05]` with the grid uniform in `t^0.5`, the flexible grid in training with
+/// progressive N 5 → 10 → 20 → 30 at a quarter, half and three quarters of the iterations,
+/// Adam 2e-4 without decay, clip 1, EMA 0.999 (sampling from the EMA), batch 64, 2000
+/// iterations (CPU-sized; the authors train 94k on a GPU); sampling N = 30 with Tweedie's
+/// final step; no validation (the test file is held out).
+fn images(mut c: RunConfig, set: ImageDataset) -> RunConfig {
+    let src = ImageSource::new(set, None);
+    c.data.dataset = set.name().to_string();
+    c.data.train_size = if set.needs_dir() { 60_000 } else { 1_437 };
+    c.data.test_size = if set.needs_dir() { 10_000 } else { 180 };
+    c.model.unet = Some(UNetConfig::mnist_cpu());
+    c.model.g = Diffusion::Constant { value: 1.0 };
+    c.model.grid = GridSpec {
+        t_min: 0.001,
+        t_max: 0.05,
+        beta: 0.5,
+    };
+    c.data.image = Some(src);
+    let t = &mut c.train;
+    t.iters = 2000;
+    t.batch = 64;
+    t.steps = progressive(t.iters);
+    t.grid = GridKind::Flexible;
+    t.lr = 2e-4;
+    t.lr_decay = 1.0;
+    t.lr_decay_every = 0;
+    t.clip = 1.0;
+    t.ema_decay = 0.999;
+    t.checkpoint_every = 250;
+    t.log_every = 10;
+    c.sample.n = 100;
+    c.sample.steps = Some(30);
+    c.sample.lambda = 1.0;
+    c.sample.weights = Weights::Ema;
+    c.sample.tweedie = true;
+    c
+}
+
+/// N = 5, then 10, 20 and 30 from a quarter, a half and three quarters of `iters`.
+pub fn progressive(iters: usize) -> StepsSchedule {
+    let at = |q: usize| (iters * q / 4).max(q);
+    StepsSchedule::parse(&format!("5,10@{},20@{},30@{}", at(1), at(2), at(3)))
+        .expect("valid schedule")
+}
+
+/// The digits-images preset: the image settings on the built-in 8x8 digits with
+/// [`UNetConfig::tiny`] nets (4,877 parameters), batch 32, 200 iterations, N 5 → 10 at half
+/// way, 10 sampling steps, Adam 2e-3 and EMA 0.99 (seconds per run).
+fn digits_images(mut c: RunConfig) -> RunConfig {
+    c.model.unet = Some(UNetConfig::tiny(1, 8, 8));
+    let t = &mut c.train;
+    t.iters = 200;
+    t.batch = 32;
+    t.steps = StepsSchedule::parse("5,10@100").expect("valid schedule");
+    t.lr = 2e-3;
+    t.ema_decay = 0.99;
+    t.checkpoint_every = 100;
+    c.sample.steps = Some(10);
+    c
+}
+
+/// `u` with the base width `ch` (a multiple of its groups) whose parameter count is nearest
+/// `target`: a baseline's one U-Net with the parameters of DiffFlow's two.
+pub fn matched_unet(u: &UNetConfig, target: usize) -> UNetConfig {
+    let with = |ch: usize| UNetConfig { ch, ..u.clone() };
+    // `ch` must be even and a multiple of the groups.
+    let step = if u.groups % 2 == 0 {
+        u.groups
+    } else {
+        2 * u.groups
+    };
+    let gap = |ch: usize| with(ch).num_params().abs_diff(target);
+    let mut best = u.ch;
+    let mut ch = 4usize.div_ceil(step) * step;
+    while ch <= 64 * u.ch.max(4) {
+        if gap(ch) < gap(best) {
+            best = ch;
+        }
+        if with(ch).num_params() > target {
+            break;
+        }
+        ch += step;
+    }
+    with(best)
 }
 
 /// Hidden width of the tabular preset for data of dimension `d`: `4d` rounded up to a

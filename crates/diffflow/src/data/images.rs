@@ -289,6 +289,8 @@ pub enum ImageDataset {
     /// Fashion-MNIST from a folder, same layout and file names as MNIST.
     FashionMnist,
     /// The 8x8 digits built into the library: 17 levels, one pool (no test file).
+    /// `digits-images` (the tabular `digits` is the same data as a 65-column file).
+    #[serde(rename = "digits-images", alias = "digits")]
     Digits,
 }
 
@@ -305,7 +307,23 @@ impl ImageDataset {
         match self {
             ImageDataset::Mnist => "mnist",
             ImageDataset::FashionMnist => "fashion-mnist",
-            ImageDataset::Digits => "digits",
+            ImageDataset::Digits => "digits-images",
+        }
+    }
+
+    /// The shape of its images: 1x28x28, or 1x8x8 for the digits.
+    pub fn shape(self) -> ImageShape {
+        match self {
+            ImageDataset::Digits => ImageShape::grey(8, 8),
+            _ => ImageShape::grey(28, 28),
+        }
+    }
+
+    /// Its grey levels `L`: 256, or 17 for the digits.
+    pub fn levels(self) -> u32 {
+        match self {
+            ImageDataset::Digits => 17,
+            _ => 256,
         }
     }
 
@@ -347,10 +365,10 @@ impl std::str::FromStr for ImageDataset {
     fn from_str(s: &str) -> Result<Self> {
         Self::ALL
             .into_iter()
-            .find(|d| d.name() == s)
+            .find(|d| d.name() == s || (s == "digits" && *d == ImageDataset::Digits))
             .ok_or_else(|| {
                 Error::config(format!(
-                    "unknown image set '{s}' (expected mnist, fashion-mnist or digits)"
+                    "unknown image set '{s}' (expected mnist, fashion-mnist or digits-images)"
                 ))
             })
     }

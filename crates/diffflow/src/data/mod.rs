@@ -7,6 +7,7 @@
 //! - [`idx`]: MNIST's IDX files (gzipped or not), with hostile-header checks;
 //! - [`images`]: image sets (`u8` pixels, levels, shape, labels) from IDX files, MNIST-style
 //!   folders and the built-in 8x8 digits ([`ImageSet`], [`ImageDataset`]);
+//! - [`image_source`]: an image set as a run's data ([`ImageSource`], `[data.image]`);
 //! - [`pixels`]: pixels to `[-1, 1]` with uniform dequantisation as a fixed standardiser, a
 //!   run's image splits ([`pixels::prepare`]) and bits per dimension;
 //! - [`standardize`]: per-column `(x - mean) / std` with its log-Jacobian ([`Standardizer`]);
@@ -26,6 +27,7 @@
 pub mod columns;
 pub mod idx;
 pub mod image2d;
+pub mod image_source;
 pub mod images;
 pub mod pipeline;
 pub mod pixels;
@@ -36,6 +38,7 @@ pub mod tabular;
 pub mod toy;
 pub mod train_data;
 
+pub use image_source::ImageSource;
 pub use images::{ImageDataset, ImageSet, ImageShape};
 pub use standardize::Standardizer;
 pub use tabular::{LoadOptions, Table};

@@ -2,10 +2,12 @@
 //! training pool, validation and held-out points in standardised units, with the transform
 //! from data units and the dequantisation widths.
 
+use super::image_source::ImageSource;
+use super::pixels::PreparedImages;
 use super::source::{self, ColumnMap, FileSource, Prepared, TableSource};
-use super::{toy_2d, Standardizer};
+use super::{toy_2d, ImageShape, Standardizer};
 use crate::rng::{Rng, Stream};
-use crate::Result;
+use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 
 /// The data set.
@@ -25,6 +27,36 @@ pub struct DataConfig {
     /// A data file instead of the built-in set (`dataset` is then only the run's name).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<FileSource>,
+    /// An image set instead of the built-in 2-D set (`dataset` is then only the run's name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<ImageSource>,
+}
+
+impl DataConfig {
+    /// Checks the data file or image source, at most one of them, and that U-Net nets
+    /// (`unet`: their image shape) get images of their shape.
+    pub fn validate_sources(&self, unet: Option<ImageShape>) -> Result<()> {
+        if let Some(f) = &self.file {
+            f.validate()?;
+        }
+        if let Some(img) = &self.image {
+            img.validate()?;
+        }
+        match (&self.file, &self.image, unet) {
+            (Some(_), Some(_), _) => Err(Error::config(
+                "data.file and data.image: a run has one data source",
+            )),
+            (_, None, Some(s)) => Err(Error::config(format!(
+                "model.unet: U-Net nets need image data of {s} (data.image, --dataset \
+                 mnist|fashion-mnist|digits-images)"
+            ))),
+            (_, Some(img), Some(s)) if img.shape != s => Err(Error::config(format!(
+                "model.unet is for {s} images, data.image ({}) holds {}",
+                img.set, img.shape
+            ))),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// Training and held-out points in standardised units, with the transform from data units.
@@ -71,9 +103,27 @@ impl TrainData {
     /// The data of a run's data configuration and seed: its file source, else its built-in
     /// 2-D set.
     pub fn from_config(cfg: &DataConfig, seed: u64) -> Result<Self> {
-        match &cfg.file {
-            Some(src) => Self::from_file(src, seed),
-            None => Self::toy(cfg, seed),
+        match (&cfg.file, &cfg.image) {
+            (Some(src), _) => Self::from_file(src, seed),
+            (None, Some(img)) => Ok(Self::from_images(
+                img.prepare(&mut Rng::stream(seed, Stream::Data))?,
+            )),
+            (None, None) => Self::toy(cfg, seed),
+        }
+    }
+
+    /// Prepared images (already in `[−1, 1]` units, with their fixed standardiser and
+    /// dequantisation widths `2/L`).
+    pub fn from_images(p: PreparedImages) -> Self {
+        TrainData {
+            dim: p.dim(),
+            train: p.train,
+            test: p.test,
+            standardizer: p.standardizer,
+            val: p.val,
+            dequantize: p.dequantize,
+            columns: None,
+            notes: p.notes,
         }
     }
 

@@ -3,30 +3,43 @@
 use crate::baselines::{cnf, ddpm};
 use crate::config::{ModelConfig, ModelKind};
 use crate::flow::DiffFlow;
-use crate::nn::{Mlp, TimeNet};
+use crate::nn::{Mlp, TimeNet, UNet};
 use crate::optim::Ema;
 use crate::rng::Rng;
 use crate::{Error, Result};
 
-/// Drift and score of `cfg.kind` for dimension `dim`, initialised from `rng`:
-/// DiffFlow = two MLPs (drift first); DDPM = [`ddpm::VpDrift`] and an [`ddpm::EpsScore`] MLP;
-/// CNF = the velocity MLP and [`cnf::ZeroField`].
+const CPU: candle_core::Device = candle_core::Device::Cpu;
+
+/// Drift and score of `cfg.kind` for dimension `dim`, initialised from `rng`, each net an
+/// MLP, or a U-Net when `cfg.unet` is given: DiffFlow = two nets (drift first); DDPM =
+/// [`ddpm::VpDrift`] and an [`ddpm::EpsScore`] net; CNF = the velocity MLP and
+/// [`cnf::ZeroField`] (no U-Net: refused).
 pub fn build(cfg: &ModelConfig, dim: usize, rng: &mut Rng) -> Result<DiffFlow> {
     let dtype = cfg.precision.dtype();
+    let net = |rng: &mut Rng| -> Result<Box<dyn TimeNet>> {
+        match &cfg.unet {
+            None => Ok(Box::new(Mlp::new(dim, &cfg.net, dtype, rng)?)),
+            Some(u) if u.dim() != dim => Err(Error::config(format!(
+                "model.unet is for images of {} pixels, the data have dimension {dim}",
+                u.dim()
+            ))),
+            // On the CPU, where `Mlp::new` builds its nets (the fused engines are CPU code).
+            Some(u) => Ok(Box::new(UNet::new(u, dtype, &CPU, rng)?)),
+        }
+    };
     let (drift, score): (Box<dyn TimeNet>, Box<dyn TimeNet>) = match cfg.kind {
-        ModelKind::DiffFlow => (
-            Box::new(Mlp::new(dim, &cfg.net, dtype, rng)?),
-            Box::new(Mlp::new(dim, &cfg.net, dtype, rng)?),
-        ),
+        ModelKind::DiffFlow => (net(rng)?, net(rng)?),
         ModelKind::DdpmL | ModelKind::DdpmLs => {
             let schedule = ddpm::VpSchedule::from_diffusion(&cfg.g)?;
             (
                 Box::new(ddpm::VpDrift::new(dim, schedule)),
-                Box::new(ddpm::EpsScore::new(
-                    Box::new(Mlp::new(dim, &cfg.net, dtype, rng)?),
-                    schedule,
-                )),
+                Box::new(ddpm::EpsScore::new(net(rng)?, schedule)),
             )
+        }
+        ModelKind::Cnf if cfg.unet.is_some() => {
+            return Err(Error::config(
+                "a CNF on U-Nets is not supported (use diffflow or ddpm-ls on images)",
+            ))
         }
         ModelKind::Cnf => (
             Box::new(Mlp::new(dim, &cfg.net, dtype, rng)?),

@@ -120,7 +120,7 @@ pub(crate) fn parse_run(bytes: &[u8]) -> Result<RunFile> {
         .map(|(_, t)| t.elem_count())
         .sum();
     let limit = 4 * held + (1 << 20);
-    let needed = cfg.model.net.num_params(m.dim.min(limit));
+    let needed = cfg.model.net_params(m.dim.min(limit));
     if m.dim > limit || needed > limit {
         return Err(bad(format!(
             "stored state: dimension {} needs {} parameters per net, far more than the file \

@@ -292,7 +292,8 @@ impl Model {
         Ok(Steps::new(t, &self.flow.diffusion))
     }
 
-    /// The run's own sampler: SDE (16) with its λ on the fixed grid of its sampling N.
+    /// The run's own sampler: SDE (16) with its λ on the fixed grid of its sampling N, with
+    /// Tweedie's last step when the run says so (`sample.tweedie`).
     pub fn default_sampler(&self) -> Sampler {
         let steps = Steps::new(
             fixed_grid(&self.cfg.model.grid, self.sample_n()),
@@ -301,8 +302,37 @@ impl Model {
         Sampler::Sde {
             lambda: self.cfg.sample.lambda,
             steps,
-            tweedie: false,
+            tweedie: self.cfg.sample.tweedie,
         }
+    }
+
+    /// The forward process (11) from the points `x` [n, d] (data units) along the run's fixed
+    /// grid of `n_steps` steps, the noises from `rng`: the `n_steps + 1` states `x_0 … x_N`
+    /// in the model's standardised units (for images: `[−1, 1]`). Shapes: → N + 1 × [n, d].
+    pub fn forward_states(
+        &self,
+        x: &[f64],
+        n_steps: usize,
+        rng: &mut Rng,
+    ) -> Result<Vec<Vec<f64>>> {
+        let xs = self.standardised(x)?;
+        let (d, flow) = (self.dim(), &self.flow);
+        let n = xs.len() / d;
+        let steps = self.grid(n_steps, SampleGrid::Fixed, None, rng)?;
+        let (dev, dtype) = (flow.device(), flow.dtype());
+        let x0 = candle_core::Tensor::from_vec(xs, (n, d), &dev)?.to_dtype(dtype)?;
+        let noise = rng.normals(n_steps * n * d);
+        let noise = candle_core::Tensor::from_vec(noise, (n_steps, n, d), &dev)?.to_dtype(dtype)?;
+        let mut drift = flow.drift.engine()?;
+        crate::flow::forward_trajectory(drift.as_mut(), &x0, &steps, &noise)?
+            .iter()
+            .map(|s| Ok(s.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?))
+            .collect()
+    }
+
+    /// The image shape of an image run (`data.image`), else `None`.
+    pub fn image(&self) -> Option<(crate::data::ImageShape, u32)> {
+        self.cfg.data.image.as_ref().map(|s| (s.shape, s.levels))
     }
 
     /// Refuses what a CNF cannot do: it has no noise to sample with or to denoise.
@@ -449,13 +479,22 @@ impl Model {
     }
 
     /// The run's evaluation settings: dopri5 (rtol = atol = 1e-5) with the exact divergence on
-    /// its interval, and (not for a CNF) the negative ELBO with 10 trajectories per point on
-    /// its sampling grid; `threads` workers; seed: the run's.
+    /// its interval (images: Hutchinson's with one Rademacher probe, as `D` JVPs per
+    /// evaluation would dominate), and (not for a CNF) the negative ELBO with 10 trajectories
+    /// per point on its sampling grid; `threads` workers; seed: the run's.
     pub fn default_eval(&self, threads: usize) -> EvalOptions {
         let grid = self.cfg.model.grid;
+        let divergence = match self.image() {
+            Some(_) => crate::likelihood::Divergence::Hutchinson {
+                probes: 1,
+                probe: crate::likelihood::Probe::Rademacher,
+            },
+            None => crate::likelihood::Divergence::Exact,
+        };
         EvalOptions {
             nll: NllOptions {
                 threads,
+                divergence,
                 ..NllOptions::default()
             },
             t: vec![grid.t_min, grid.t_max],
