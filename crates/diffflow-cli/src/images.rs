@@ -130,6 +130,6 @@ pub fn quality(model: &Model, x: &[f64], reference: &[f64], threads: usize) -> R
         samples: x.len() / d,
         reference: reference.len() / d,
         fid_lenet,
-        balance: class_balance(&out.probs, diffflow::nn::lenet::CLASSES)?,
+        balance: class_balance(&out.probs, diffflow::classifier::lenet::CLASSES)?,
     })
 }
