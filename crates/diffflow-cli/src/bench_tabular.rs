@@ -376,7 +376,8 @@ pub fn run(args: BenchTabularArgs) -> Result<()> {
         }
         // The CNF first: the closest competitor, kept if a long run is cut short.
         for kind in [ModelKind::Cnf, ModelKind::DdpmLs] {
-            if !wants(kind.key()) && !(kind == ModelKind::DdpmLs && wants("ddpm")) {
+            let wanted = wants(kind.key()) || (kind == ModelKind::DdpmLs && wants("ddpm"));
+            if !wanted {
                 continue;
             }
             let Some(budget) = budget else {
