@@ -2,26 +2,33 @@
 //! throughput it reaches), the machine's own GEMM rate on the same kernels and thread count,
 //! the speed of sampling and the peak resident memory.
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
 use diffflow::adjoint::{cached_nodes, matmul_flops, tiles, GradMethod};
-use diffflow::config::{Preset, RunConfig};
+use diffflow::config::{tabular_width, Preset, RunConfig};
 use diffflow::flow::Steps;
 use diffflow::nn::gemm_gflops;
 use diffflow::rng::{Rng, Stream};
 use diffflow::sde::{fixed_grid, StepsSchedule};
 use diffflow::train::{TrainData, Trainer};
+use diffflow::validation::{measure, ValMetric, ValidationConfig};
 use serde::Serialize;
 use std::time::Instant;
 
 #[derive(Args)]
 pub struct BenchArgs {
-    /// Configuration: paper-2d (the authors' 2-D setup) or quick.
+    /// Configuration: paper-2d (the authors' 2-D setup), quick, or tabular (with a data set
+    /// of bench-tabular as --dataset and the preset's width for its d).
     #[arg(long, default_value = "paper-2d")]
     preset: String,
-    /// Built-in 2-D data set.
+    /// Built-in 2-D data set, or with --preset tabular one of bench-tabular's sets
+    /// (miniboone, digits, ...).
     #[arg(long, default_value = "olympic")]
     dataset: String,
+    /// Validation points whose probability-flow NLL is timed (Dormand-Prince 1e-5, exact
+    /// divergence, the trained weights; 0: skip it). Tabular sets only.
+    #[arg(long, default_value_t = 0)]
+    nll_points: usize,
     /// Worker threads for training and sampling (and for the GEMM probe); default: all
     /// cores.
     #[arg(long)]
@@ -97,6 +104,12 @@ struct Report {
     /// Median seconds to draw `sample_points` points (0 when skipped).
     sample_seconds: f64,
     sample_seconds_all: Vec<f64>,
+    /// Points of the timed NLL evaluation (0: skipped).
+    nll_points: usize,
+    /// Wall seconds of that evaluation.
+    nll_seconds: f64,
+    /// Its CPU seconds (all threads).
+    nll_cpu_seconds: f64,
     /// Peak resident memory of the whole run (VmHWM).
     peak_rss_mb: f64,
 }
@@ -167,6 +180,27 @@ fn config(args: &BenchArgs) -> Result<RunConfig> {
     Ok(c)
 }
 
+/// The training data: a built-in 2-D set, or with the tabular preset a set of bench-tabular
+/// (seeded split) with the preset's width for its dimension.
+fn bench_data(mut cfg: RunConfig, args: &BenchArgs) -> Result<(RunConfig, TrainData)> {
+    if args.preset != "tabular" {
+        if args.nll_points > 0 {
+            bail!("--nll-points needs --preset tabular");
+        }
+        let data = TrainData::toy(&cfg.data, cfg.train.seed)?;
+        return Ok((cfg, data));
+    }
+    let set = crate::bench_tabular::sets(&crate::bench_tabular::assets(), &args.dataset)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("--dataset: no data set named"))?;
+    let data = TrainData::from_file(&set.source, cfg.train.seed)
+        .with_context(|| format!("cannot prepare {}", set.name))?;
+    cfg.model.net.width = tabular_width(data.dim);
+    cfg.validate()?;
+    Ok((cfg, data))
+}
+
 pub fn run(args: BenchArgs) -> Result<()> {
     if args.iters == 0 {
         bail!("--iters must be >= 1");
@@ -177,8 +211,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let cfg = config(&args)?;
     let t = cfg.train.clone();
     let n = t.steps.at(0);
-    let data = TrainData::toy(&cfg.data, t.seed)?;
+    let (cfg, data) = bench_data(cfg, &args)?;
     let d = data.dim;
+    let val = data.val.clone();
     let mut trainer = Trainer::new(cfg.clone(), data)?;
     // The GEMM of the hidden layers as training runs it: one tile's rows.
     let rows = tiles(t.batch, t.chunks)
@@ -249,6 +284,28 @@ pub fn run(args: BenchArgs) -> Result<()> {
             std::hint::black_box(x);
         }
     }
+    let (mut nll_seconds, mut nll_cpu_seconds) = (0.0, 0.0);
+    let nll_points = args.nll_points.min(val.len() / d);
+    if nll_points > 0 {
+        let flow = trainer.sampling_flow(cfg.sample.weights)?;
+        let v = ValidationConfig {
+            metric: ValMetric::Nll,
+            ..ValidationConfig::default()
+        };
+        let (t0, c0) = (Instant::now(), cpu_seconds());
+        let s = measure(
+            &flow,
+            &val[..nll_points * d],
+            &v,
+            &cfg.model.grid,
+            n,
+            t.seed,
+            t.threads,
+        )?;
+        nll_seconds = t0.elapsed().as_secs_f64();
+        nll_cpu_seconds = cpu_seconds() - c0;
+        std::hint::black_box(s);
+    }
     let report = Report {
         preset: args.preset.clone(),
         dataset: args.dataset.clone(),
@@ -283,6 +340,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
             median(&sample_times)
         },
         sample_seconds_all: sample_times,
+        nll_points,
+        nll_seconds,
+        nll_cpu_seconds,
         peak_rss_mb: peak_rss_mb(),
     };
     if args.json {
@@ -327,6 +387,12 @@ fn print_text(r: &Report) {
             r.sample_n,
             r.sample_seconds,
             r.sample_seconds_all.len()
+        );
+    }
+    if r.nll_points > 0 {
+        println!(
+            "NLL       {} validation points: {:.2} s ({:.2} CPU-s)",
+            r.nll_points, r.nll_seconds, r.nll_cpu_seconds
         );
     }
     println!("memory    peak RSS {:.0} MB", r.peak_rss_mb);

@@ -11,6 +11,7 @@ mod progress;
 mod run_args;
 mod sample;
 mod train;
+mod tune;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -34,8 +35,11 @@ enum Command {
     Sample(sample::SampleArgs),
     /// Likelihood of data under a trained model: probability-flow NLL and negative ELBO.
     Eval(eval::EvalArgs),
-    /// The tabular table: DiffFlow, baselines and a Gaussian on MINIBOONE and digits.
+    /// The tabular table: DiffFlow, baselines and a Gaussian on MINIBOONE, digits and four
+    /// small scikit-learn sets.
     BenchTabular(bench_tabular::BenchTabularArgs),
+    /// The tuning study of the tabular preset: trials from a plan, measured on validation data.
+    Tune(tune::TuneArgs),
     /// DiffFlow against DDPM and a CNF on the 2-D sets (Figures 4-5, NLL and sample quality).
     Compare(compare::CompareArgs),
     /// DiffFlow against DDPM (L_s) on images: U-Nets at matched parameters and budget,
@@ -52,6 +56,7 @@ fn main() -> ExitCode {
         Command::Sample(args) => sample::run(args),
         Command::Eval(args) => eval::run(args),
         Command::BenchTabular(args) => bench_tabular::run(args),
+        Command::Tune(args) => tune::run(args),
         Command::Compare(args) => compare::run(args),
         Command::CompareImages(args) => compare_images::run(args),
         Command::Bench(args) => bench::run(args),

@@ -22,6 +22,7 @@
 //! | [`validation`] | the validation metric, best checkpoint, early stopping |
 //! | [`model`] | the model interface: [`Model`] samples and evaluates any kind in data units; run folders |
 //! | [`train`] | [`Trainer`]: one training loop for every kind, checkpoints and resume, budgets |
+//! | [`tune`] | the tuning study's trials: a configuration with overrides, measured on validation points |
 //! | [`analytic`], [`gaussian`], [`metrics`], [`classifier`] | a closed-form Gaussian DiffFlow; a Gaussian baseline; sample-quality metrics (MMD, sliced W2, Fréchet); the shipped MNIST LeNet for "FID (LeNet features)" |
 
 pub mod adjoint;
@@ -45,6 +46,7 @@ pub mod rng;
 pub mod sample;
 pub mod sde;
 pub mod train;
+pub mod tune;
 pub mod validation;
 
 pub use config::{ModelKind, Preset, RunConfig};
