@@ -162,7 +162,8 @@ pub fn run(args: CompareImagesArgs) -> Result<()> {
     let mut results = Vec::new();
     for cfg in cfgs {
         eprintln!("{}: training under {budget}", cfg.model.kind);
-        let (model, iters, secs, cpu) = train(&cfg, &data, budget)?;
+        let dir = args.out.join(cfg.model.kind.key());
+        let (model, iters, secs, cpu) = train(&cfg, &data, budget, &dir)?;
         results.push(evaluate(&args, &model, &data, &ns, (iters, secs, cpu))?);
     }
     let r = Results {
@@ -181,8 +182,14 @@ pub fn run(args: CompareImagesArgs) -> Result<()> {
     Ok(())
 }
 
-/// Trains `cfg` under `budget` with its preset's learning rate (no decay) and N stages.
-fn train(cfg: &RunConfig, data: &TrainData, budget: Budget) -> Result<(Model, usize, f64, f64)> {
+/// Trains `cfg` under `budget` with its preset's learning rate (no decay) and N stages and
+/// saves the trained state as the run folder `dir` (for `diffflow sample` / `eval` later).
+fn train(
+    cfg: &RunConfig,
+    data: &TrainData,
+    budget: Budget,
+    dir: &std::path::Path,
+) -> Result<(Model, usize, f64, f64)> {
     let plan = BudgetPlan {
         budget,
         lr_decay: 1.0,
@@ -213,6 +220,8 @@ fn train(cfg: &RunConfig, data: &TrainData, budget: Budget) -> Result<(Model, us
         },
         &mut |_| {},
     )?;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    tr.save(dir)?;
     let model = tr.model(Some(Weights::Ema))?;
     Ok((model, run.iters, run.seconds, run.cpu_seconds))
 }

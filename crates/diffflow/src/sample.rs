@@ -46,9 +46,13 @@ pub fn reverse_trajectory(
     reverse_trajectory_threads(flow, z, steps, lambda, noise, 1)
 }
 
-/// [`reverse_trajectory`] with `threads` workers (two MLPs: the fused engine over row tiles,
-/// the result does not depend on `threads`; other nets: one thread through
-/// [`crate::nn::TimeNet::engine`]).
+/// Rows per piece of the reverse pass of nets other than two MLPs: the pieces are fixed, so
+/// the states do not depend on the number of threads.
+const GENERIC_TILE: usize = 64;
+
+/// [`reverse_trajectory`] with `threads` workers: two MLPs run on the fused engine over row
+/// tiles, other nets (the U-Net) through [`crate::nn::TimeNet::engine`] over pieces of
+/// [`GENERIC_TILE`] rows; either way the result does not depend on `threads`.
 pub fn reverse_trajectory_threads(
     flow: &DiffFlow,
     z: &Tensor,
@@ -73,6 +77,37 @@ pub fn reverse_trajectory_threads(
             _ => {}
         }
     }
+    let b = z.dim(0)?;
+    if b <= GENERIC_TILE {
+        return reverse_generic(flow, z, steps, lambda, noise);
+    }
+    let piece = |k: usize| -> Result<Vec<Tensor>> {
+        let lo = k * GENERIC_TILE;
+        let len = GENERIC_TILE.min(b - lo);
+        let e = match noise {
+            Some(e) => Some(e.narrow(1, lo, len)?.contiguous()?),
+            None => None,
+        };
+        reverse_generic(flow, &z.narrow(0, lo, len)?, steps, lambda, e.as_ref())
+    };
+    let pieces = crate::par::par_map(b.div_ceil(GENERIC_TILE), threads, &piece)?;
+    (0..=steps.n())
+        .map(|i| {
+            let at: Vec<&Tensor> = pieces.iter().map(|p| &p[i]).collect();
+            Ok(Tensor::cat(&at, 0)?)
+        })
+        .collect()
+}
+
+/// The reverse trajectory on one thread through the nets' engines (shapes as
+/// [`reverse_trajectory`]).
+fn reverse_generic(
+    flow: &DiffFlow,
+    z: &Tensor,
+    steps: &Steps,
+    lambda: f64,
+    noise: Option<&Tensor>,
+) -> Result<Vec<Tensor>> {
     let n = steps.n();
     let mut fe = flow.drift.engine()?;
     let mut se = flow.score.engine()?;

@@ -224,7 +224,14 @@ fn f32_engine_is_as_accurate_as_candle_f32() {
 }
 
 fn unet_flow(seed: u64) -> DiffFlow {
-    let cfg = UNetConfig::tiny(1, 4, 4);
+    unet_flow_with_dropout(seed, 0.0)
+}
+
+fn unet_flow_with_dropout(seed: u64, dropout: f64) -> DiffFlow {
+    let cfg = UNetConfig {
+        dropout,
+        ..UNetConfig::tiny(1, 4, 4)
+    };
     DiffFlow {
         drift: Box::new(random_net(&cfg, DType::F64, seed)),
         score: Box::new(random_net(&cfg, DType::F64, seed + 1)),
@@ -286,24 +293,22 @@ fn nudge(net: &dyn TimeNet, p: usize, k: usize, h: f64) {
     var.set(&tensor(v, var.dims())).unwrap();
 }
 
-#[test]
-fn adjoint_through_two_unets_equals_central_finite_differences() {
-    let fl = unet_flow(50);
-    let (steps, x0, noise) = flow_inputs(&fl, 2, 2, 51);
-    let adj = engine_adjoint_gradient(&fl, &x0, &steps, &noise, 1, 1).unwrap();
-    let loss = |fl: &DiffFlow| {
-        let v = neg_elbo(fl, &x0, &steps, &noise).unwrap();
-        v.iter().sum::<f64>() / v.len() as f64
-    };
-    assert!((loss(&fl) - adj.loss.loss).abs() < 1e-12);
+/// The mean negative ELBO of `fl` on fixed inputs (candle forward passes, full batch).
+fn mean_loss(fl: &DiffFlow, x0: &Tensor, steps: &Steps, noise: &Tensor) -> f64 {
+    let v = neg_elbo(fl, x0, steps, noise).unwrap();
+    v.iter().sum::<f64>() / v.len() as f64
+}
+
+/// Central finite differences of `loss` against the adjoint's gradient `adj` at parameters
+/// of both nets: (net, parameter, element) of the time MLP, the input conv, an attention
+/// query, a ResBlock's second conv (after its dropout), a GroupNorm scale, the output bias.
+fn assert_finite_differences(fl: &DiffFlow, adj: &Gradient, loss: &dyn Fn(&DiffFlow) -> f64) {
     let index = |net: &dyn TimeNet, name: &str| {
         net.vars()
             .iter()
             .position(|(n, _)| n == name)
             .unwrap_or_else(|| panic!("no parameter {name}"))
     };
-    // (net, parameter, element): time MLP, input conv, an attention query, a ResBlock's
-    // second conv, a GroupNorm scale, the output conv's bias.
     let picks = [
         (0, "temb.dense.0.weight", 5),
         (0, "conv_in.weight", 7),
@@ -321,9 +326,9 @@ fn adjoint_through_two_unets_equals_central_finite_differences() {
         };
         let p = index(net, name);
         nudge(net, p, k, h);
-        let up = loss(&fl);
+        let up = loss(fl);
         nudge(net, p, k, -2.0 * h);
-        let down = loss(&fl);
+        let down = loss(fl);
         nudge(net, p, k, h);
         let fd = (up - down) / (2.0 * h);
         let grads = if which == 0 { &adj.drift } else { &adj.score };
@@ -337,6 +342,45 @@ fn adjoint_through_two_unets_equals_central_finite_differences() {
             "{name}[{k}] gradient {g} is trivially small"
         );
     }
+}
+
+#[test]
+fn adjoint_through_two_unets_equals_central_finite_differences() {
+    let fl = unet_flow(50);
+    let (steps, x0, noise) = flow_inputs(&fl, 2, 2, 51);
+    let adj = engine_adjoint_gradient(&fl, &x0, &steps, &noise, 1, 1).unwrap();
+    let loss = |fl: &DiffFlow| mean_loss(fl, &x0, &steps, &noise);
+    assert!((loss(&fl) - adj.loss.loss).abs() < 1e-12);
+    assert_finite_differences(&fl, &adj, &loss);
+}
+
+/// Training mode: with the dropout seeds set (as the trainer sets them for a gradient), the
+/// adjoint differentiates the loss with those masks: it equals naive backprop and finite
+/// differences of the masked loss, which differs from the unmasked one.
+#[test]
+fn adjoint_with_dropout_masks_equals_naive_backprop_and_finite_differences() {
+    let fl = unet_flow_with_dropout(70, 0.3);
+    let (steps, x0, noise) = flow_inputs(&fl, 3, 3, 71);
+    let loss = |fl: &DiffFlow| mean_loss(fl, &x0, &steps, &noise);
+    let plain = loss(&fl);
+    fl.drift.set_dropout_seed(Some(5));
+    fl.score.set_dropout_seed(Some(6));
+    let masked = loss(&fl);
+    assert!(
+        (masked - plain).abs() > 1e-3 * plain.abs(),
+        "dropout changed nothing: {masked} vs {plain}"
+    );
+    let adj = engine_adjoint_gradient(&fl, &x0, &steps, &noise, 1, 1).unwrap();
+    let nai = naive_gradient(&fl, &x0, &steps, &noise).unwrap();
+    let err = grad_err(&fl, &adj, &nai);
+    assert!(err < 1e-6, "rel err {err}");
+    assert!((adj.loss.loss - masked).abs() < 1e-12 * masked.abs().max(1.0));
+    assert_finite_differences(&fl, &adj, &loss);
+    // Evaluation mode again: the plain loss (to rounding: the finite differences' nudges
+    // `+h, -2h, +h` leave the weights within an ulp of where they were).
+    fl.drift.set_dropout_seed(None);
+    fl.score.set_dropout_seed(None);
+    assert!((loss(&fl) - plain).abs() < 1e-12 * plain.abs());
 }
 
 #[test]
@@ -535,4 +579,36 @@ fn dropout_masks_repeat_per_seed_and_match_between_forward_and_engine() {
     assert!(err < 1e-12, "{err}");
     net.set_dropout_seed(None);
     assert_eq!(y(&net), y(&plain));
+}
+
+/// Sampling through two U-Nets on several threads: pieces of fixed rows, so the states are
+/// the same bytes on 1 and 3 threads, and the rows of a piece do not depend on the rows of
+/// the others (the first 64 rows sampled alone give the same bytes).
+#[test]
+fn unet_reverse_trajectory_is_the_same_on_any_number_of_threads() {
+    use diffflow::sample::reverse_trajectory_threads;
+    let fl = unet_flow(80);
+    let (b, n) = (130, 3);
+    let (steps, z, noise) = flow_inputs(&fl, n, b, 81);
+    let run = |z: &Tensor, e: &Tensor, threads: usize| -> Vec<Vec<f64>> {
+        reverse_trajectory_threads(&fl, z, &steps, 1.0, Some(e), threads)
+            .unwrap()
+            .iter()
+            .map(values)
+            .collect()
+    };
+    let one = run(&z, &noise, 1);
+    assert_eq!(one.len(), n + 1);
+    assert_eq!(one, run(&z, &noise, 3));
+    let d = fl.dim();
+    let head = run(
+        &z.narrow(0, 0, 64).unwrap(),
+        &noise.narrow(1, 0, 64).unwrap().contiguous().unwrap(),
+        2,
+    );
+    for (all, part) in one.iter().zip(&head) {
+        assert_eq!(&all[..64 * d], &part[..]);
+    }
+    // The sampler moved the points: x_0 differs from the prior draw x_N.
+    assert_ne!(one[0], one[n]);
 }

@@ -185,6 +185,10 @@ impl TimeNet for EpsScore {
             kept: None,
         }))
     }
+
+    fn set_dropout_seed(&self, seed: Option<u64>) {
+        self.net.set_dropout_seed(seed);
+    }
 }
 
 /// Engine of [`EpsScore`]: the inner net's engine, output and cotangent scaled by `−1/σ_t`.
