@@ -204,11 +204,17 @@ fn adjoint_equals_central_finite_differences() {
 
 #[test]
 fn fused_engine_equals_autograd_engine() {
-    for dtype in [DType::F64, DType::F32] {
+    // d = 3: the thin input and output layers; d = 43: those layers on the GEMM.
+    for (dtype, d) in [
+        (DType::F64, 3),
+        (DType::F32, 3),
+        (DType::F64, 43),
+        (DType::F32, 43),
+    ] {
         let mut rng = Rng::new(4);
-        let mlp = Mlp::new(3, &small_cfg(Activation::Gelu), dtype, &mut rng).unwrap();
-        let x = tensor(rng.normals(9 * 3), &[9, 3]).to_dtype(dtype).unwrap();
-        let cot = tensor(rng.normals(9 * 3), &[9, 3]).to_dtype(dtype).unwrap();
+        let mlp = Mlp::new(d, &small_cfg(Activation::Gelu), dtype, &mut rng).unwrap();
+        let x = tensor(rng.normals(9 * d), &[9, d]).to_dtype(dtype).unwrap();
+        let cot = tensor(rng.normals(9 * d), &[9, d]).to_dtype(dtype).unwrap();
         let mut fused = mlp.engine().unwrap();
         let mut auto = AutogradEngine::new(&mlp);
         let t = 0.0123;

@@ -19,6 +19,10 @@ use super::{Engine, TimeNet};
 use crate::{Error, Result};
 use candle_core::{Device, Tensor};
 
+/// Data dimension from which the input and output layers (`[rows, d]·[d, H]` and back) run
+/// on the GEMM; below it (the 2-D sets) the hand-written thin loops are faster.
+const GEMM_MIN_DIM: usize = 16;
+
 /// Everything of one time `t` that does not depend on the rows: the first layer's combined
 /// bias `b_in + h_t(t)` and what the time path's backward needs. The time path is computed
 /// in f64 whatever `T` (it costs `O(H·K)` per time, against `O(B·H²)` for the rows): with
@@ -372,7 +376,21 @@ impl<T: Real> MlpEngine<T> {
         let n = rows * h;
         let Tape { h: hs, d: ds, .. } = tape;
         // input layer
-        thin_rows(&mut hs[0][..n], x, &self.w_in_t, d, h);
+        if d >= GEMM_MIN_DIM {
+            matmul(
+                &mut hs[0][..n],
+                rows,
+                h,
+                d,
+                x,
+                (d, 1),
+                &self.w_in_t,
+                (h, 1),
+                false,
+            );
+        } else {
+            thin_rows(&mut hs[0][..n], x, &self.w_in_t, d, h);
+        }
         T::bias_act(
             self.act,
             &mut hs[0][..n],
@@ -416,7 +434,27 @@ impl<T: Real> MlpEngine<T> {
         }
         let last = if keep { depth } else { depth % 2 };
         let wo = idx::out_w(depth);
-        thin_dots(y, &hs[last][..n], &self.w[wo], Some(&self.w[wo + 1]), h);
+        if d >= GEMM_MIN_DIM {
+            matmul(
+                y,
+                rows,
+                d,
+                h,
+                &hs[last][..n],
+                (h, 1),
+                &self.w[wo],
+                (1, h),
+                false,
+            );
+            let b = &self.w[wo + 1];
+            for row in y.chunks_exact_mut(d) {
+                for (o, bc) in row.iter_mut().zip(b) {
+                    *o += *bc;
+                }
+            }
+        } else {
+            thin_dots(y, &hs[last][..n], &self.w[wo], Some(&self.w[wo + 1]), h);
+        }
         tape.rows = rows;
         tape.valid = keep;
         if keep {
@@ -507,11 +545,21 @@ impl<T: Real> MlpEngine<T> {
         let wo = idx::out_w(depth);
         let mut params = params;
         // output layer: g = cot · W_out, dW_out += cotᵀ h, db_out += Σ cot
+        let gemm = d >= GEMM_MIN_DIM;
         if let Some((grads, _)) = params.as_mut() {
-            thin_grad(&mut grads[wo], cot, &tape.h[depth][..n], d, h);
+            if gemm {
+                let hl = &tape.h[depth][..n];
+                matmul(&mut grads[wo], d, h, rows, cot, (1, d), hl, (h, 1), true);
+            } else {
+                thin_grad(&mut grads[wo], cot, &tape.h[depth][..n], d, h);
+            }
             add_colsum(&mut grads[wo + 1], cot);
         }
-        thin_rows(g, cot, &self.w[wo], d, h);
+        if gemm {
+            matmul(g, rows, h, d, cot, (d, 1), &self.w[wo], (h, 1), false);
+        } else {
+            thin_rows(g, cot, &self.w[wo], d, h);
+        }
         // hidden layers, last to first
         for l in (0..depth).rev() {
             let wi = idx::hidden_w(l);
@@ -538,6 +586,14 @@ impl<T: Real> MlpEngine<T> {
         // input layer: dx = g · W_in, dW_in += gᵀ x, dh0 += Σ g
         let dh0 = params.as_mut().map(|(_, dh0)| &mut **dh0);
         mul_colsum(g, &tape.d[0][..n], dh0);
+        if gemm {
+            matmul(dx, rows, d, h, g, (h, 1), &self.w_in_t, (1, h), false);
+            if let Some((grads, _)) = params {
+                let acc = &mut grads[idx::IN_W];
+                matmul(acc, h, d, rows, g, (1, h), &tape.x, (d, 1), true);
+            }
+            return;
+        }
         thin_dots(dx, g, &self.w_in_t, None, h);
         if let Some((grads, _)) = params {
             scratch.w_in.clear();

@@ -222,10 +222,17 @@ mod tests {
             g.loss.loss
         };
         let (plain, dropped) = (flow_with(0.0), flow_with(0.3));
-        let x = Tensor::from_vec(data.train[..2 * data.dim].to_vec(), (2, data.dim), &Device::Cpu)
-            .unwrap();
+        let x = Tensor::from_vec(
+            data.train[..2 * data.dim].to_vec(),
+            (2, data.dim),
+            &Device::Cpu,
+        )
+        .unwrap();
         let out = |f: &DiffFlow| -> Vec<Vec<f64>> {
-            let y = f.drift.forward(&x.to_dtype(f.dtype()).unwrap(), 0.01).unwrap();
+            let y = f
+                .drift
+                .forward(&x.to_dtype(f.dtype()).unwrap(), 0.01)
+                .unwrap();
             y.to_dtype(DType::F64).unwrap().to_vec2().unwrap()
         };
         assert_eq!(out(&plain), out(&dropped), "no masks outside training");
@@ -233,7 +240,11 @@ mod tests {
         assert_eq!(a, loss(&dropped, 0));
         assert_ne!(a, loss(&plain, 0));
         assert_ne!(a, loss(&dropped, 1));
-        assert_eq!(out(&plain), out(&dropped), "masks cleared after the gradient");
+        assert_eq!(
+            out(&plain),
+            out(&dropped),
+            "masks cleared after the gradient"
+        );
         assert_ne!(dropout_seeds(0, 0), dropout_seeds(0, 1));
         assert_ne!(dropout_seeds(0, 0), dropout_seeds(1, 0));
     }
