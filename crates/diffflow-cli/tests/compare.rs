@@ -1,11 +1,8 @@
 //! `diffflow compare --quick` end to end: every output file exists, every number of the
 //! report is finite, and bad arguments are one-line errors.
 
-use std::process::Command;
-
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_diffflow"))
-}
+mod common;
+use common::bin;
 
 /// Every number in a JSON value (nulls allowed only where a model has none, e.g. the CNF's
 /// ELBO).

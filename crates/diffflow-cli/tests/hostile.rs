@@ -4,11 +4,10 @@
 //! attempt to allocate what a header claims.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_diffflow"))
-}
+mod common;
+use common::bin;
 
 /// The command fails with one line on stderr, `error: ...` containing every `want`.
 fn fails_with(label: &str, out: Output, want: &[&str]) {

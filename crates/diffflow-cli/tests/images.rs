@@ -4,24 +4,9 @@
 
 use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Output};
 
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_diffflow"))
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "stdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-fn ok(out: Output) -> Output {
-    assert!(out.status.success(), "{}", text(&out));
-    out
-}
+mod common;
+use common::{bin, ok, text};
 
 fn png_size(path: &Path) -> (u32, u32) {
     let b = std::fs::read(path).unwrap();

@@ -3,24 +3,10 @@
 //! step and ELBO; a DDPM on an interval whose end is far from its prior).
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_diffflow"))
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "stdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-fn ok(out: Output) -> Output {
-    assert!(out.status.success(), "{}", text(&out));
-    out
-}
+mod common;
+use common::{bin, ok, text};
 
 /// A one-line error with exit code 1 whose message contains `expect`.
 fn refused(out: Output, expect: &str) {

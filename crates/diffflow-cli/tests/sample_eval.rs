@@ -3,12 +3,11 @@
 //! errors, no panic).
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::OnceLock;
 
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_diffflow"))
-}
+mod common;
+use common::{bin, ok};
 
 /// A tiny run, trained once for all tests of this file.
 fn run_dir() -> &'static Path {
@@ -47,16 +46,6 @@ fn run_dir() -> &'static Path {
         dir
     })
     .path()
-}
-
-fn ok(out: Output) -> Output {
-    assert!(
-        out.status.success(),
-        "stdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
 }
 
 /// The command fails with exactly one line on stderr, `error: ...` containing `want`.

@@ -4,21 +4,10 @@
 
 use diffflow::data::tabular::{load, save_csv, save_npy, LoadOptions, Table};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_diffflow"))
-}
-
-fn ok(out: Output) -> Output {
-    assert!(
-        out.status.success(),
-        "stdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
+mod common;
+use common::{bin, ok};
 
 /// A CSV with a header: `x` continuous, `const` = 3, `count` integers, `y` continuous,
 /// `label` text (left out by the column selection).

@@ -446,11 +446,8 @@ impl<T: Real> MlpEngine<T> {
                 (1, h),
                 false,
             );
-            let b = &self.w[wo + 1];
             for row in y.chunks_exact_mut(d) {
-                for (o, bc) in row.iter_mut().zip(b) {
-                    *o += *bc;
-                }
+                add_assign(row, &self.w[wo + 1]);
             }
         } else {
             thin_dots(y, &hs[last][..n], &self.w[wo], Some(&self.w[wo + 1]), h);
