@@ -34,6 +34,13 @@ pub struct CompareImagesArgs {
     /// Batch size of both models (default: the preset's).
     #[arg(long)]
     batch: Option<usize>,
+    /// DiffFlow's learning rate (default: the preset's, the authors' 2e-4; a short CPU budget
+    /// may want more).
+    #[arg(long, value_name = "LR")]
+    diffflow_lr: Option<f64>,
+    /// DDPM (L_s)'s learning rate (default: the preset's).
+    #[arg(long, value_name = "LR")]
+    ddpm_lr: Option<f64>,
     /// Test images for bits/dim.
     #[arg(long, default_value_t = 100)]
     points: usize,
@@ -105,6 +112,13 @@ fn config(args: &CompareImagesArgs, set: ImageDataset, kind: ModelKind) -> Resul
     c.fit_to_data(set.shape().dim(), true);
     if let Some(b) = args.batch {
         c.train.batch = b;
+    }
+    let lr = match kind {
+        ModelKind::DiffFlow => args.diffflow_lr,
+        _ => args.ddpm_lr,
+    };
+    if let Some(lr) = lr {
+        c.train.lr = lr;
     }
     c.train.seed = args.seed;
     c.train.threads = threads(args);
