@@ -78,7 +78,7 @@ fn train_eval_sample_on_a_csv_in_original_columns() {
     assert!(run.join("best.safetensors").exists());
     let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
     assert_eq!(
-        metrics.matches("\"val_metric\":\"elbo\"").count(),
+        metrics.matches("\"val_metric\":\"nll\"").count(),
         3,
         "{metrics}"
     );
