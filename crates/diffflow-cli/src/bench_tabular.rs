@@ -310,6 +310,12 @@ pub fn run(args: BenchTabularArgs) -> Result<()> {
         .threads
         .unwrap_or_else(diffflow::par::default_threads)
         .max(1);
+    let val_metric = args.diffflow_val_metric.unwrap_or(
+        RunConfig::preset(Preset::Tabular, "tabular")
+            .train
+            .validation
+            .metric,
+    );
     let mut results = Results {
         command: std::env::args().collect::<Vec<_>>().join(" "),
         seed: args.seed,
@@ -318,7 +324,7 @@ pub fn run(args: BenchTabularArgs) -> Result<()> {
         load_average_end: String::new(),
         cnf_overrides: args.cnf.trim().to_string(),
         ddpm_overrides: args.ddpm.trim().to_string(),
-        diffflow_val_metric: String::new(),
+        diffflow_val_metric: val_metric.to_string(),
         sets: Vec::new(),
         rows: Vec::new(),
     };
@@ -330,10 +336,7 @@ pub fn run(args: BenchTabularArgs) -> Result<()> {
         if let Some(n) = args.iters {
             cfg.train.iters = n;
         }
-        if let Some(m) = args.diffflow_val_metric {
-            cfg.train.validation.metric = m;
-        }
-        results.diffflow_val_metric = cfg.train.validation.metric.to_string();
+        cfg.train.validation.metric = val_metric;
         let data = TrainData::from_config(&cfg.data, cfg.train.seed)
             .with_context(|| format!("cannot prepare {}", set.name))?;
         let d = data.dim;
